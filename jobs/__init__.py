@@ -1,0 +1,1 @@
+"""Entry points: the ``streamscore`` CLI and scripts for ``ray job submit``. The only places that call ray.init."""

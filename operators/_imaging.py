@@ -1,0 +1,107 @@
+"""Pillow kernels shared by the decode back ends: header sniffing, limits and conversion to RGB or L.
+
+Both back ends read the header with Pillow (cheap: no pixels decoded) so that the format allow-list and the
+pixel limit are enforced identically before any decoder touches the data.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from operators.base import RowError
+
+# Modes that carry alpha (or a palette that may carry it): composited on a fixed background, never dropped,
+# so a transparent PNG does not turn black where its alpha was 0.
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+@dataclass(frozen=True)
+class Header:
+    format: str
+    width: int
+    height: int
+    mode: str
+    frames: int
+    has_transparency: bool
+
+
+def open_image(data: bytes, formats: tuple[str, ...], max_pixels: int) -> Image.Image:
+    """Open (header only) and check emptiness, format allow-list and pixel limit."""
+    if not data:
+        raise RowError("empty", "zero bytes")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit below is the check; Pillow's warning would only be noise (or, under
+            # warnings-as-errors, a crash).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as exc:
+        raise RowError("too_many_pixels", str(exc)) from None
+    except Image.UnidentifiedImageError:
+        raise RowError("not_an_image", f"not a decodable image in an allowed format ({', '.join(formats)})") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise RowError("bad_dimensions", f"declared size {width}x{height}")
+    if width * height > max_pixels:
+        raise RowError(
+            "too_many_pixels", f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
+        )
+    return image
+
+
+def header(image: Image.Image) -> Header:
+    return Header(
+        format=image.format or "",
+        width=image.size[0],
+        height=image.size[1],
+        mode=image.mode,
+        frames=getattr(image, "n_frames", 1),
+        has_transparency="transparency" in image.info,
+    )
+
+
+def dct_draft_size(width: int, height: int, target_shorter: int | None) -> tuple[int, int] | None:
+    """The smallest size a JPEG may be DCT-downscaled to and still resize to ``target_shorter``.
+
+    Only worth it when the image is at least twice the target: libjpeg then decodes at 1/2, 1/4 or 1/8
+    scale, which is several times faster than decoding everything and throwing most of it away.
+    """
+    if target_shorter is None or min(width, height) < 2 * target_shorter:
+        return None
+    scale = target_shorter / min(width, height)
+    return (max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale))))
+
+
+def to_array(image: Image.Image, color: str, background: tuple[int, int, int]) -> np.ndarray:
+    """Load the (first frame of the) image, apply EXIF orientation, convert to HWC uint8 RGB or L."""
+    try:
+        image.load()
+    except OSError as exc:
+        message = str(exc)
+        reason = "truncated" if "truncated" in message or "broken" in message else "decode_failed"
+        raise RowError(reason, message) from None
+    image = ImageOps.exif_transpose(image) or image
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        # 16-bit (or int/float) greyscale: Pillow's convert("L") clips at 255, so scale the range down instead.
+        wide = np.asarray(image)
+        if mode == "F":
+            eight = np.clip(wide, 0, 255).astype(np.uint8)
+        else:
+            eight = (np.clip(wide.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+        image = Image.fromarray(eight, mode="L")
+    elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info) or (
+        mode in ("L", "RGB") and "transparency" in image.info
+    ):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (*background, 255))
+        image = Image.alpha_composite(canvas, rgba).convert("RGB")
+    if image.mode != color:
+        image = image.convert(color)
+    array = np.asarray(image)
+    return array[:, :, None] if array.ndim == 2 else array

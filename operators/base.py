@@ -1,0 +1,138 @@
+"""The Operator contract: vectorized, side-effect free steps over a batch of columns.
+
+A batch is ``dict[str, np.ndarray]``, the format Ray Data hands to ``map_batches`` and that converts to
+Arrow without per-row Python objects for fixed-shape columns. Every batch carries an ``error`` column (object
+array, ``None`` when the row is fine): an operator that cannot handle a row writes a short reason there and
+moves on, so no row is ever lost, and later operators skip rows that already failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+Batch = dict[str, np.ndarray]
+ERROR = "error"
+logger = logging.getLogger(__name__)
+
+
+class Params(BaseModel):
+    """Base of every operator's parameters: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OperatorSpec(BaseModel):
+    """An operator recorded by name and parameters, built later where it runs (on a Ray worker)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column an operator reads or writes: ``shape`` uses N for the batch and ``ragged`` for per-row sizes."""
+
+    name: str
+    dtype: str
+    shape: str
+
+
+class RowError(Exception):
+    """Raised inside a per-row kernel; becomes ``"<reason>: <detail>"`` in that row's ``error`` column."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class Operator(ABC):
+    """One step of the graph. Subclasses set ``Params``, ``reads``, ``writes`` and implement ``__call__``.
+
+    Operators never mutate their input batch: they return a new dict that shares untouched columns.
+    ``setup`` does heavy work (loading a model) and runs once on the worker that will use the operator.
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+    reads: ClassVar[tuple[Column, ...]] = ()
+    writes: ClassVar[tuple[Column, ...]] = ()
+    drops: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: Any) -> None:
+        self.params = params
+
+    def setup(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Prepare heavy state; called once on the worker before the first batch."""
+
+    @abstractmethod
+    def __call__(self, batch: Batch) -> Batch:
+        """Return a new batch with ``writes`` added and ``drops`` removed."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params!r})"
+
+
+def batch_length(batch: Batch) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def errors_of(batch: Batch) -> np.ndarray:
+    """The batch's error column, or a fresh all-``None`` one.
+
+    An all-null Arrow string column can come back from Ray Data as a float (NaN) array; it means no errors.
+    """
+    errors = batch.get(ERROR)
+    if errors is not None and errors.dtype == object:
+        return errors
+    return np.full(batch_length(batch), None, dtype=object)
+
+
+def ok_mask(batch: Batch) -> np.ndarray:
+    """True for rows that have not failed yet."""
+    return np.array([e is None for e in errors_of(batch)], dtype=bool)
+
+
+def map_rows(
+    values: np.ndarray, errors: np.ndarray, kernel: Callable[[Any], Any], failure_reason: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ``kernel`` to each row that has not failed; a failing row gets an error, never disappears.
+
+    Returns (object array of results, new error array). ``RowError`` keeps its reason; any other exception
+    from a third-party decoder becomes ``failure_reason`` with the exception's message.
+    """
+    results = np.full(len(values), None, dtype=object)
+    new_errors = errors.copy()
+    for i, value in enumerate(values):
+        if errors[i] is not None:
+            continue
+        try:
+            results[i] = kernel(value)
+        except RowError as exc:
+            new_errors[i] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - third-party decoders raise anything; the row must survive
+            new_errors[i] = f"{failure_reason}: {type(exc).__name__}: {exc}"[:500]
+    return results, new_errors
+
+
+def with_columns(batch: Batch, drop: tuple[str, ...] = (), **columns: np.ndarray) -> Batch:
+    """A new batch: ``batch`` without ``drop``, plus ``columns`` (the input batch is left untouched)."""
+    out = {k: v for k, v in batch.items() if k not in drop}
+    out.update(columns)
+    return out
+
+
+def object_array(values: list[Any]) -> np.ndarray:
+    """A 1-D object array (``np.array`` would try to stack equal-shaped images into one block)."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out

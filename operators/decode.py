@@ -1,0 +1,111 @@
+"""decode: encoded image bytes -> HWC uint8 arrays (ragged), RGB or L, with every hazard turned into a row error.
+
+Two back ends behind one interface. ``pillow`` handles everything on the allow-list. ``opencv`` is a fast
+path for plain 8-bit RGB/L JPEG, PNG, WebP and BMP (the bulk of real data); any other image (alpha, palette,
+CMYK, 16-bit, animation, TIFF) goes through the Pillow kernel, so both back ends mean the same thing.
+Both read the header with Pillow first: format allow-list and pixel limit are checked before decoding.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from operators import _imaging
+from operators._registry import register
+from operators.base import ERROR, Batch, Column, Operator, Params, RowError, errors_of, map_rows, with_columns
+
+DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+_OPENCV_FORMATS = {"JPEG", "PNG", "WEBP", "BMP"}
+_JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"
+
+
+class DecodeParams(Params):
+    backend: Literal["pillow", "opencv"] = "pillow"
+    color: Literal["RGB", "L"] = "RGB"
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    # 50 MP covers 8K frames; a decompression bomb (tiny file, huge canvas) is refused before decoding.
+    max_pixels: int = Field(default=50_000_000, gt=0)
+    # The shorter side the next resize will produce; enables JPEG DCT-domain downscaling when far smaller.
+    target_shorter: int | None = Field(default=None, gt=0)
+    background: tuple[int, int, int] = (255, 255, 255)
+
+
+@register("decode")
+class Decode(Operator):
+    """Decode the ``bytes`` column into the ragged ``image`` column."""
+
+    Params = DecodeParams
+    reads = (Column("bytes", "object", "N (bytes)"),)
+    writes = (Column("image", "object", "N ragged HWC uint8"), Column(ERROR, "object", "N"))
+    drops = ("bytes",)
+    params: DecodeParams
+
+    def __call__(self, batch: Batch) -> Batch:
+        kernel = self._decode_opencv if self.params.backend == "opencv" else self._decode_pillow
+        images, errors = map_rows(batch["bytes"], errors_of(batch), kernel, "decode_failed")
+        return with_columns(batch, drop=self.drops, image=images, error=errors)
+
+    def _open(self, data: bytes | None):  # type: ignore[no-untyped-def]
+        if data is None:
+            raise RowError("empty", "no image bytes (null)")
+        return _imaging.open_image(bytes(data), self.params.formats, self.params.max_pixels)
+
+    def _decode_pillow(self, data: bytes | None) -> np.ndarray:
+        image = self._open(data)
+        draft = _imaging.dct_draft_size(*image.size, self.params.target_shorter)
+        if draft is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
+            image.draft(image.mode, draft)
+        return _imaging.to_array(image, self.params.color, self.params.background)
+
+    def _decode_opencv(self, data: bytes | None) -> np.ndarray:
+        image = self._open(data)
+        head = _imaging.header(image)
+        if (
+            head.format not in _OPENCV_FORMATS
+            or head.mode not in ("RGB", "L")
+            or head.frames > 1
+            or head.has_transparency
+        ):
+            return self._decode_pillow(data)
+        raw = bytes(data)  # type: ignore[arg-type]
+        if head.format == "JPEG":
+            last_scan = raw.rfind(_JPEG_SOS)
+            # libjpeg fills a truncated scan with grey and only warns; a complete JPEG ends its last scan
+            # with EOI (0xFFD9 cannot occur inside entropy-coded data, where 0xFF is byte-stuffed).
+            if last_scan < 0 or raw.find(_JPEG_EOI, last_scan) < 0:
+                raise RowError("truncated", "JPEG data ends before its end-of-image marker")
+        flags = cv2.IMREAD_COLOR if self.params.color == "RGB" else cv2.IMREAD_GRAYSCALE
+        reduction = _opencv_reduction(head, self.params.target_shorter)
+        if reduction > 1:
+            flags = _REDUCED_FLAGS[(self.params.color, reduction)]
+        decoded = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
+        if decoded is None:
+            raise RowError("decode_failed", f"OpenCV could not decode this {head.format}")
+        if decoded.ndim == 2:
+            return decoded[:, :, None]
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+_REDUCED_FLAGS = {
+    ("RGB", 2): cv2.IMREAD_REDUCED_COLOR_2,
+    ("RGB", 4): cv2.IMREAD_REDUCED_COLOR_4,
+    ("RGB", 8): cv2.IMREAD_REDUCED_COLOR_8,
+    ("L", 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    ("L", 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+    ("L", 8): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
+
+
+def _opencv_reduction(head: _imaging.Header, target_shorter: int | None) -> int:
+    """The largest DCT reduction (1, 2, 4 or 8) that keeps the shorter side >= ``target_shorter``."""
+    if head.format != "JPEG" or target_shorter is None:
+        return 1
+    shorter = min(head.width, head.height)
+    for factor in (8, 4, 2):
+        if shorter // factor >= target_shorter:
+            return factor
+    return 1

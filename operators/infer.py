@@ -1,0 +1,133 @@
+"""infer: run an ONNX model with ONNX Runtime on the rows that have not failed.
+
+The device is decided by the caller from the resources Ray actually assigned, never from
+``get_available_providers()`` (the GPU wheel lists CUDA even on machines without a GPU). A session asked to
+run on CUDA that comes up without the CUDA provider is an error, not a silent CPU fallback. On CUDA, inputs
+and outputs go through IOBinding so ORT does not allocate and copy per call behind our back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from operators._registry import register
+from operators.base import ERROR, Batch, Column, Operator, Params, errors_of, ok_mask, with_columns
+from pipeline.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+
+class InferParams(Params):
+    model_uri: str
+    input_name: str
+    output_name: str
+    device: Literal["cpu", "cuda"] = "cpu"
+    device_id: int = Field(default=0, ge=0)
+    intra_op_threads: int = Field(default=1, ge=1)
+
+
+def read_model_bytes(uri: str) -> bytes:
+    """Read a model file from a local path or any pyarrow/fsspec URI."""
+    from pipeline.filesystems import resolve
+
+    filesystem, path = resolve(uri)
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def make_session(params: InferParams) -> Any:
+    """Build the ONNX Runtime session with exactly the threads and provider the caller asked for."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # ORT otherwise sizes its pools from the machine, oversubscribing the cores Ray gave other actors.
+    options.intra_op_num_threads = params.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if params.device == "cuda":
+        providers: list[Any] = [("CUDAExecutionProvider", {"device_id": params.device_id}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    start = time.perf_counter()
+    try:
+        session = ort.InferenceSession(read_model_bytes(params.model_uri), options, providers=providers)
+    except Exception as exc:
+        raise ModelLoadError(f"could not load {params.model_uri}: {exc}") from exc
+    if params.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        raise ModelLoadError(
+            f"asked for CUDA (device {params.device_id}) but ONNX Runtime created the session with "
+            f"{session.get_providers()}; check the CUDA/cuDNN libraries visible to this worker"
+        )
+    logger.info(
+        "loaded %s on %s in %.1f ms (%d intra-op threads)",
+        params.model_uri, session.get_providers()[0], (time.perf_counter() - start) * 1e3, params.intra_op_threads,
+    )
+    return session
+
+
+@register("infer")
+class Infer(Operator):
+    Params = InferParams
+    reads = (Column("input", "float32", "N,..."),)
+    writes = (Column("output", "float32", "N,K"), Column(ERROR, "object", "N"))
+    drops = ("input",)
+    params: InferParams
+
+    def __init__(self, params: InferParams) -> None:
+        super().__init__(params)
+        self._session: Any = None
+
+    def setup(self) -> None:
+        if self._session is None:
+            self._session = make_session(self.params)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sessions do not pickle; a copy shipped to another worker rebuilds its own in setup().
+        return {"params": self.params, "_session": None}
+
+    @property
+    def providers(self) -> list[str]:
+        self.setup()
+        return list(self._session.get_providers())
+
+    def __call__(self, batch: Batch) -> Batch:
+        self.setup()
+        x = batch["input"]
+        ok = ok_mask(batch)
+        errors = errors_of(batch).copy()
+        outputs: np.ndarray | None = None
+        if ok.any():
+            try:
+                valid = self._run(np.ascontiguousarray(x[ok]))
+                outputs = np.full((len(x), *valid.shape[1:]), np.nan, dtype=np.float32)
+                outputs[ok] = valid
+            except Exception as exc:  # noqa: BLE001 - a failed batch becomes error rows, not lost rows
+                logger.exception("inference failed on a batch of %d rows", int(ok.sum()))
+                errors[ok] = f"inference_failed: {type(exc).__name__}: {exc}"[:500]
+        if outputs is None:
+            outputs = np.full((len(x), self._num_outputs()), np.nan, dtype=np.float32)
+        return with_columns(batch, drop=self.drops, output=outputs, **{ERROR: errors})
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        if self.params.device != "cuda":
+            return self._session.run([self.params.output_name], {self.params.input_name: x})[0]
+        import onnxruntime as ort
+
+        binding = self._session.io_binding()
+        device_input = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.params.device_id)
+        binding.bind_ortvalue_input(self.params.input_name, device_input)
+        binding.bind_output(self.params.output_name, "cuda", self.params.device_id)
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _num_outputs(self) -> int:
+        for output in self._session.get_outputs():
+            if output.name == self.params.output_name and isinstance(output.shape[-1], int):
+                return int(output.shape[-1])
+        return 0

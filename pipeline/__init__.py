@@ -1,0 +1,1 @@
+"""StreamScore's pipeline: specs, the operator graph, the model repository and its Ray runners."""

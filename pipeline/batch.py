@@ -1,0 +1,214 @@
+"""The batch runner: turn a graph, a source and a resource plan into a Ray Data pipeline, and run it.
+
+Only ids and paths (or, for Parquet input, the encoded bytes) enter Ray Data; decoding happens inside the
+actors. In the split layout the preprocess actors emit ``pixels`` as a dense uint8 ``(N, H, W, C)`` array,
+which Ray Data stores as an Arrow fixed-shape tensor column and hands to the inference actors as a
+zero-copy numpy view: H*W*C bytes per image cross the object store, no per-row Python objects.
+Predictions stream back to the driver, which writes Parquet and keeps the tally (rows, errors by reason).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from operators.base import ERROR, Batch, OperatorSpec
+from pipeline.errors import ErrorBudgetExceeded, ModelLoadError
+from pipeline.graph import Graph, Stage
+from pipeline.models import ModelVersion
+from pipeline.output import predictions_table
+from pipeline.planner import ResourcePlan
+from pipeline.sources import FileListing, ParquetSource, Source
+from pipeline.writer import PredictionWriter
+
+logger = logging.getLogger(__name__)
+
+
+def _check_assigned_gpus(device: str) -> None:
+    """A CUDA stage must have been given a GPU by Ray; otherwise fail loudly, never run on CPU quietly."""
+    import ray
+
+    if device == "cuda" and not ray.get_gpu_ids():
+        raise ModelLoadError("inference was planned on CUDA but Ray assigned this actor no GPU")
+
+
+def _as_source_batch(batch: Batch, rename: dict[str, str]) -> Batch:
+    out = {rename.get(k, k): v for k, v in batch.items()}
+    if out["id"].dtype != object:
+        out["id"] = out["id"].astype(str).astype(object)
+    return out
+
+
+class PreprocessActor:
+    """Split layout, CPU side: source rows -> uint8 pixels (+ id, error)."""
+
+    def __init__(self, specs: tuple[OperatorSpec, ...], rename: dict[str, str]) -> None:
+        self._stage = Stage(specs)
+        self._rename = rename
+
+    def __call__(self, batch: Batch) -> Batch:
+        out = self._stage(_as_source_batch(batch, self._rename))
+        return {"id": out["id"], "pixels": out["pixels"], ERROR: out[ERROR]}
+
+
+class InferenceActor:
+    """Split layout, model side: pixels -> prediction table."""
+
+    def __init__(self, specs: tuple[OperatorSpec, ...], model: ModelVersion, device: str) -> None:
+        _check_assigned_gpus(device)
+        self._stage = Stage(specs)
+        self._model = model
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        return predictions_table(self._stage(batch), self._model)
+
+
+class FusedActor:
+    """Fused layout: source rows -> prediction table in one process (read, decode, preprocess, infer)."""
+
+    def __init__(
+        self, specs: tuple[OperatorSpec, ...], model: ModelVersion, device: str, rename: dict[str, str]
+    ) -> None:
+        _check_assigned_gpus(device)
+        self._stage = Stage(specs)
+        self._model = model
+        self._rename = rename
+
+    def __call__(self, batch: Batch) -> pa.Table:
+        return predictions_table(self._stage(_as_source_batch(batch, self._rename)), self._model)
+
+
+def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
+    """The Ray Data plan (lazy): source -> actors -> prediction tables."""
+    import ray.data
+
+    rename: dict[str, str] = {}
+    if isinstance(source, FileListing):
+        # One block per batch: balanced work across actors and no giant first block.
+        # Small inputs are cut finer so that every actor gets a share.
+        rows = source.table
+        workers = plan.inference_actors + plan.preprocess_actors
+        block_rows = max(1, min(plan.batch_size, -(-rows.num_rows // workers)))
+        blocks = [rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]
+        dataset = ray.data.from_arrow(blocks)
+    else:
+        assert isinstance(source, ParquetSource)
+        dataset = ray.data.read_parquet(
+            source.path,
+            filesystem=source.filesystem,
+            columns=[source.id_column, source.bytes_column],
+            ray_remote_args={"num_cpus": plan.io_task_cpus},
+        )
+        rename = {source.id_column: "id", source.bytes_column: "bytes"}
+    device_graph = graph.on_device(plan.device, 0, plan.ort_threads)
+    infer_args: dict[str, Any] = {
+        "compute": ray.data.ActorPoolStrategy(size=plan.inference_actors),
+        "num_cpus": plan.cpus_per_inference_actor,
+        "batch_size": plan.batch_size,
+        "batch_format": "numpy",
+    }
+    if plan.gpus_per_inference_actor:
+        infer_args["num_gpus"] = plan.gpus_per_inference_actor
+    if plan.layout == "fused":
+        return dataset.map_batches(
+            FusedActor,
+            fn_constructor_args=(
+                device_graph.preprocess + device_graph.inference,
+                graph.model,
+                plan.device,
+                rename,
+            ),
+            **infer_args,
+        )
+    pixels = dataset.map_batches(
+        PreprocessActor,
+        fn_constructor_args=(device_graph.preprocess, rename),
+        compute=ray.data.ActorPoolStrategy(size=plan.preprocess_actors),
+        num_cpus=plan.cpus_per_preprocess_actor,
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+    )
+    return pixels.map_batches(
+        InferenceActor, fn_constructor_args=(device_graph.inference, graph.model, plan.device), **infer_args
+    )
+
+
+@dataclass
+class RunSummary:
+    """What a run did: rows in and out, errors by reason, throughput."""
+
+    input_rows: int | None
+    rows: int
+    error_rows: int
+    errors_by_reason: dict[str, int]
+    elapsed_s: float
+    plan: str
+    output: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def render(self) -> str:
+        lines = [
+            f"rows: {self.rows}" + (f" (input rows: {self.input_rows})" if self.input_rows is not None else ""),
+            f"predictions: {self.rows - self.error_rows}",
+            f"errors: {self.error_rows}",
+        ]
+        lines += [f"  {reason}: {count}" for reason, count in sorted(self.errors_by_reason.items())]
+        lines += [f"elapsed: {self.elapsed_s:.2f} s", f"images/s: {self.images_per_s:.1f}", f"plan: {self.plan}"]
+        lines.append(f"output: {self.output}")
+        return "\n".join(lines)
+
+
+def run_batch(
+    graph: Graph,
+    source: Source,
+    output_uri: str,
+    plan: ResourcePlan,
+    *,
+    overwrite: bool = False,
+    max_error_fraction: float | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> RunSummary:
+    """Score ``source`` into ``output_uri``; needs a connected Ray (``ray.init`` is the caller's business).
+
+    Every input row comes out, as a prediction or with an ``error``. When ``max_error_fraction`` is set and
+    the share of error rows passes it, the output is still written in full and ``ErrorBudgetExceeded`` is
+    raised afterwards.
+    """
+    input_rows = source.table.num_rows if isinstance(source, FileListing) else None
+    writer = PredictionWriter(output_uri, overwrite=overwrite)
+    start = time.perf_counter()
+    logger.info("scoring with %s", plan.describe())
+    try:
+        for table in build_dataset(graph, source, plan).iter_batches(batch_size=None, batch_format="pyarrow"):
+            writer.write(table)
+            if on_progress is not None:
+                on_progress(writer.rows, writer.error_rows)
+    finally:
+        writer.close()
+    summary = RunSummary(
+        input_rows=input_rows,
+        rows=writer.rows,
+        error_rows=writer.error_rows,
+        errors_by_reason=dict(writer.errors_by_reason),
+        elapsed_s=time.perf_counter() - start,
+        plan=plan.describe(),
+        output=output_uri,
+    )
+    if input_rows is not None and summary.rows != input_rows:
+        raise RuntimeError(f"lost rows: {input_rows} in, {summary.rows} out")  # an invariant, not an input error
+    if max_error_fraction is not None and summary.rows and summary.error_rows / summary.rows > max_error_fraction:
+        raise ErrorBudgetExceeded(
+            f"{summary.error_rows} of {summary.rows} rows failed ({summary.error_rows / summary.rows:.1%}), over the "
+            f"allowed {max_error_fraction:.1%}; the output holds every row with its error\n{summary.render()}"
+        )
+    return summary

@@ -1,0 +1,35 @@
+"""One exception hierarchy, so callers can catch StreamScore's failures without catching everything."""
+
+from __future__ import annotations
+
+
+class StreamScoreError(Exception):
+    """Base of every error StreamScore raises on purpose."""
+
+
+class ConfigError(StreamScoreError):
+    """A spec, option or manifest is invalid; raised before any data is read."""
+
+
+class UnknownOperatorError(ConfigError):
+    """A graph names an operator the registry does not know."""
+
+
+class DuplicateOperatorError(ConfigError):
+    """Two operators tried to register under one name."""
+
+
+class ModelNotFoundError(ConfigError):
+    """The repository has no such model or version."""
+
+
+class ModelLoadError(StreamScoreError):
+    """A model could not be loaded, or does not match its manifest, or not on the device asked for."""
+
+
+class InputError(StreamScoreError):
+    """The input of a job (a folder, a glob, a Parquet dataset) cannot be read or is empty."""
+
+
+class ErrorBudgetExceeded(StreamScoreError):
+    """More rows failed than the user allowed (``max_error_fraction``)."""

@@ -1,0 +1,85 @@
+"""The model manifest: what a model version needs to be run correctly.
+
+A model carries its own preprocessing (as in timm): input size, colour, resize, crop, mean and std live in
+``models/<name>/<version>/manifest.json`` next to ``model.onnx``, so training, batch scoring and serving
+cannot drift apart. Mean and std are in pixel units (0-255), applied as ``(x - mean) / std``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Frozen):
+    """The single image input of the ONNX graph."""
+
+    name: str
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    color: Literal["RGB", "L"] = "RGB"
+    dtype: Literal["float32"] = "float32"
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "RGB" else 1
+
+
+class PreprocessSpec(_Frozen):
+    """Resize the shorter side (aspect kept), centre-crop to the input size, then normalize."""
+
+    resize_shorter: int = Field(gt=0)
+    interpolation: Interpolation = "bilinear"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @model_validator(mode="after")
+    def _std_positive(self) -> PreprocessSpec:
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean {self.mean} and std {self.std} differ in length")
+        return self
+
+
+class OutputSpec(_Frozen):
+    """The class-score output of the ONNX graph."""
+
+    name: str
+    kind: Literal["logits", "probabilities"] = "logits"
+
+
+class ModelManifest(_Frozen):
+    """Everything about a model version except its weights."""
+
+    name: str
+    version: str
+    task: Literal["classification"] = "classification"
+    input: InputSpec
+    preprocess: PreprocessSpec
+    output: OutputSpec
+    labels_file: str = "labels.txt"
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelManifest:
+        channels = self.input.channels
+        if len(self.preprocess.mean) != channels:
+            raise ValueError(
+                f"preprocess.mean has {len(self.preprocess.mean)} values but input.color "
+                f"{self.input.color!r} has {channels} channel(s)"
+            )
+        if self.preprocess.resize_shorter < max(self.input.height, self.input.width):
+            raise ValueError(
+                f"preprocess.resize_shorter={self.preprocess.resize_shorter} is smaller than the "
+                f"{self.input.height}x{self.input.width} input, so the centre crop would not fit"
+            )
+        return self

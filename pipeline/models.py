@@ -1,0 +1,177 @@
+"""The model repository: ``<root>/<name>/<version>/{model.onnx, manifest.json, labels.txt}``.
+
+The root is a local folder or any pyarrow/fsspec URI. Loading a version validates its manifest and checks
+the ONNX graph's input and output against it, so a mismatch fails the job before any image is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+from pydantic import ValidationError
+
+from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from pipeline.filesystems import join, resolve
+from pipeline.manifest import ModelManifest
+
+logger = logging.getLogger(__name__)
+
+# Names and versions become path components: keep them to a safe alphabet so "../x" or "a/b" cannot escape.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
+
+
+def check_id(kind: str, value: str) -> str:
+    if not _SAFE_ID.match(value) or ".." in value:
+        raise ConfigError(
+            f"invalid model {kind} {value!r}: use letters, digits, '.', '_' and '-' (not starting with one of them)"
+        )
+    return value
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None]:
+    """``"name"`` or ``"name:version"`` -> (name, version or None for the latest)."""
+    name, _, version = ref.partition(":")
+    check_id("name", name)
+    if version:
+        check_id("version", version)
+    return name, version or None
+
+
+def _version_key(version: str) -> tuple[int, int | str]:
+    # Numeric versions sort numerically (10 after 9); others sort after them, by name.
+    return (0, int(version)) if version.isdigit() else (1, version)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A loaded, checked model version: where its weights are and how to feed it."""
+
+    manifest: ModelManifest
+    labels: tuple[str, ...]
+    model_uri: str
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+class ModelRepository:
+    """Read-only access to a model repository root."""
+
+    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None) -> None:
+        self.root = root
+        self._fs, self._root_path = resolve(root, filesystem)
+        self._uri_root = root if "://" in root else self._root_path
+
+    def _children(self, path: str) -> list[str]:
+        selector = pafs.FileSelector(path, allow_not_found=True)
+        return sorted(
+            info.base_name
+            for info in self._fs.get_file_info(selector)
+            if info.type == pafs.FileType.Directory and not info.base_name.startswith((".", "_"))
+        )
+
+    def names(self) -> list[str]:
+        return self._children(self._root_path)
+
+    def versions(self, name: str) -> list[str]:
+        """Versions of ``name``, oldest first (numeric order where versions are numbers)."""
+        check_id("name", name)
+        versions = self._children(join(self._root_path, name))
+        return sorted(versions, key=_version_key)
+
+    def resolve_version(self, name: str, version: str | None) -> str:
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFoundError(
+                f"no model {name!r} in repository {self.root!r}; models there: {', '.join(self.names()) or 'none'}"
+            )
+        if version is None:
+            return versions[-1]
+        check_id("version", version)
+        if version not in versions:
+            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}")
+        return version
+
+    def _read_text(self, path: str) -> str:
+        try:
+            with self._fs.open_input_stream(path) as stream:
+                return stream.read().decode("utf-8")
+        except FileNotFoundError:
+            raise ModelLoadError(f"missing file {path}") from None
+
+    def load(self, ref: str, check_graph: bool = True) -> ModelVersion:
+        """Load ``name[:version]``: manifest, labels, and (by default) a check of the ONNX graph."""
+        start = time.perf_counter()
+        name, version = parse_model_ref(ref)
+        version = self.resolve_version(name, version)
+        folder = join(self._root_path, f"{name}/{version}")
+        try:
+            manifest = ModelManifest.model_validate(json.loads(self._read_text(join(folder, MANIFEST_FILE))))
+        except (ValidationError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"invalid manifest for {name}:{version}: {exc}") from exc
+        if (manifest.name, manifest.version) != (name, version):
+            raise ModelLoadError(
+                f"manifest in {name}/{version} says {manifest.name}:{manifest.version}; fix the manifest or the folder"
+            )
+        labels = tuple(
+            line.strip() for line in self._read_text(join(folder, manifest.labels_file)).splitlines() if line.strip()
+        )
+        model = ModelVersion(manifest, labels, join(self._uri_root, f"{name}/{version}/{MODEL_FILE}"))
+        if check_graph:
+            check_model_matches_manifest(model)
+        logger.info("loaded model %s:%s in %.1f ms", name, version, (time.perf_counter() - start) * 1e3)
+        return model
+
+
+def check_model_matches_manifest(model: ModelVersion) -> None:
+    """Open the ONNX graph (unoptimized: only its signature is needed) and compare it with the manifest."""
+    import onnxruntime as ort
+
+    from operators.infer import read_model_bytes
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(read_model_bytes(model.model_uri), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelLoadError(f"cannot open {model.model_uri}: {exc}") from exc
+    spec, where = model.manifest.input, f"{model.name}:{model.version}"
+    inputs = {i.name: i for i in session.get_inputs()}
+    if spec.name not in inputs:
+        raise ModelLoadError(f"{where}: manifest input {spec.name!r} is not in the ONNX graph; inputs: {list(inputs)}")
+    if len(inputs) != 1:
+        raise ModelLoadError(f"{where}: the ONNX graph has {len(inputs)} inputs {list(inputs)}; one image input expected")
+    graph_input = inputs[spec.name]
+    if graph_input.type != "tensor(float)":
+        raise ModelLoadError(f"{where}: input {spec.name!r} is {graph_input.type}, manifest says float32")
+    expected = (
+        [spec.channels, spec.height, spec.width] if spec.layout == "NCHW" else [spec.height, spec.width, spec.channels]
+    )
+    shape = list(graph_input.shape)
+    if len(shape) != 4:
+        raise ModelLoadError(f"{where}: input {spec.name!r} has shape {shape}, expected 4 dimensions ({spec.layout})")
+    for axis, (got, want) in enumerate(zip(shape[1:], expected, strict=True), start=1):
+        if isinstance(got, int) and got != want:
+            raise ModelLoadError(
+                f"{where}: input {spec.name!r} has shape {shape} but the manifest ({spec.layout}, {spec.color}, "
+                f"{spec.height}x{spec.width}) needs {want} at axis {axis}"
+            )
+    outputs = {o.name: o for o in session.get_outputs()}
+    out_spec = model.manifest.output
+    if out_spec.name not in outputs:
+        raise ModelLoadError(f"{where}: manifest output {out_spec.name!r} is not in the ONNX graph; outputs: {list(outputs)}")
+    classes = outputs[out_spec.name].shape[-1]
+    if isinstance(classes, int) and classes != len(model.labels):
+        raise ModelLoadError(f"{where}: output {out_spec.name!r} has {classes} classes but labels file has {len(model.labels)}")

@@ -1,0 +1,60 @@
+"""The prediction table: one row per input, with a prediction or an error, never neither.
+
+Columns: ``id``, ``model``, ``model_version``, ``label``, ``score``, ``top_k`` (list of {label, score}) and
+``error`` (null when the row was scored); optionally ``raw_output`` (the model's output vector).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from operators.base import ERROR, Batch, errors_of
+
+if TYPE_CHECKING:
+    from pipeline.models import ModelVersion
+
+TOP_K_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
+PREDICTION_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("label", pa.string()),
+        ("score", pa.float32()),
+        ("top_k", TOP_K_TYPE),
+        (ERROR, pa.string()),
+    ]
+)
+
+
+def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:
+    """Convert a postprocessed batch into the prediction table (vectorized: no per-row dicts)."""
+    n = len(batch["id"])
+    errors = errors_of(batch)
+    ok = np.array([e is None for e in errors], dtype=bool)
+    top_index = batch["top_k_index"]
+    k = top_index.shape[1] if top_index.ndim == 2 else 0
+    labels = pa.array(model.labels, pa.string())
+    flat_index = pa.array(np.where(top_index >= 0, top_index, 0).reshape(-1), pa.int32())
+    struct = pa.StructArray.from_arrays(
+        [labels.take(flat_index), pa.array(batch["top_k_score"].reshape(-1), pa.float32())], names=["label", "score"]
+    )
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if k else np.zeros(n + 1, np.int32))
+    top_k = pa.ListArray.from_arrays(offsets, struct, type=TOP_K_TYPE, mask=pa.array(~ok))
+    columns = [
+        pa.array([str(i) for i in batch["id"]], pa.string()),
+        pa.array(np.full(n, model.name, dtype=object), pa.string()),
+        pa.array(np.full(n, model.version, dtype=object), pa.string()),
+        pa.array(batch["label"], pa.string(), mask=~ok),
+        pa.array(batch["score"], pa.float32(), mask=~ok),
+        top_k,
+        pa.array(errors, pa.string()),
+    ]
+    table = pa.Table.from_arrays(columns, schema=PREDICTION_SCHEMA)
+    if "raw_output" in batch:
+        raw = batch["raw_output"]
+        table = table.append_column("raw_output", pa.FixedSizeListArray.from_arrays(raw.reshape(-1), raw.shape[1]))
+    return table

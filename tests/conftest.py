@@ -1,0 +1,74 @@
+"""Shared fixtures: one real local Ray instance per session, real models from ``models/``, real image files."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO / "models"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[dict[str, float]]:
+    """A 2-CPU local Ray instance shared by every test that needs Ray (starting one costs seconds)."""
+    import ray
+    import ray.data
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    yield ray.cluster_resources()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def repository():
+    from pipeline.models import ModelRepository
+
+    return ModelRepository(str(MODELS_DIR))
+
+
+@pytest.fixture(scope="session")
+def digit_files(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
+    """The held-out handwritten digits (never seen in training) as real 32x32 PNG files."""
+    from pipeline.model_builders.digits import write_heldout_images
+
+    return write_heldout_images(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real photos bundled with scikit-image (RGB uint8)."""
+    from skimage import data
+
+    return {name: getattr(data, name)() for name in ("coffee", "chelsea", "astronaut", "rocket")}
+
+
+def encode(array: np.ndarray, fmt: str = "JPEG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photo_jpegs(photos: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {name: encode(array, quality=92) for name, array in photos.items()}
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, interval_s: float = 0.2) -> None:
+    """Poll until ``condition()`` is true; never sleep a fixed time and hope."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    raise TimeoutError(f"condition not met within {timeout_s} s")
