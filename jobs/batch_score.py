@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local Ray")
     parser.add_argument("--input-format", default="auto", choices=["auto", "folder", "glob", "uri_list", "parquet"])
     parser.add_argument("--id-column", default="id", help="Parquet input: the id column (default: id)")
-    parser.add_argument("--bytes-column", default="image", help="Parquet input: the image bytes column (default: image)")
+    parser.add_argument(
+        "--bytes-column", default="image", help="Parquet input: the image bytes column (default: image)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the output folder's contents")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--raw-outputs", action="store_true", help="also write the model's raw output vector")
@@ -43,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resize-backend", default="pillow", choices=["pillow", "opencv"])
     parser.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse images with more pixels")
     parser.add_argument(
-        "--max-error-fraction", type=float, default=None,
+        "--max-error-fraction",
+        type=float,
+        default=None,
         help="fail the run (exit 3) when more than this share of rows are errors; every row is written anyway",
     )
     tuning = parser.add_argument_group("resources (derived from the cluster unless set)")
@@ -143,8 +147,13 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(source.table.num_rows if isinstance(source, FileListing) else None, not args.quiet)
     try:
         summary = run_batch(
-            graph, source, args.output, plan, overwrite=args.overwrite,
-            max_error_fraction=args.max_error_fraction, on_progress=progress,
+            graph,
+            source,
+            args.output,
+            plan,
+            overwrite=args.overwrite,
+            max_error_fraction=args.max_error_fraction,
+            on_progress=progress,
         )
     except ErrorBudgetExceeded as exc:
         progress.close()

@@ -61,9 +61,7 @@ def _make_image(seed: int, index: int) -> tuple[np.ndarray, int]:
         size = (round(shorter * crop_w / crop_h), shorter)
     else:
         size = (shorter, round(shorter * crop_h / crop_w))
-    resample = [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS][
-        rng.integers(3)
-    ]
+    resample = [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS][rng.integers(3)]
     image = np.asarray(crop.resize(size, resample))
     quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
     return image, quality

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     batch_score.add_arguments(score)
     score.set_defaults(handler=batch_score.run)
 
-    models = commands.add_parser("models", help="the model repository").add_subparsers(dest="models_command", required=True)
+    models = commands.add_parser("models", help="the model repository").add_subparsers(
+        dest="models_command", required=True
+    )
     listing = models.add_parser("list", help="list models and versions")
     listing.add_argument("--models-dir", default="models")
     listing.set_defaults(handler=_models_list)

@@ -95,8 +95,10 @@ def to_array(image: Image.Image, color: str, background: tuple[int, int, int]) -
         else:
             eight = (np.clip(wide.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
         image = Image.fromarray(eight, mode="L")
-    elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info) or (
-        mode in ("L", "RGB") and "transparency" in image.info
+    elif (
+        mode in _ALPHA_MODES
+        or (mode == "P" and "transparency" in image.info)
+        or (mode in ("L", "RGB") and "transparency" in image.info)
     ):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))

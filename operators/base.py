@@ -123,7 +123,7 @@ def map_rows(
     return results, new_errors
 
 
-def with_columns(batch: Batch, drop: tuple[str, ...] = (), **columns: np.ndarray) -> Batch:
+def with_columns(batch: Batch, drop: tuple[str, ...] = (), /, **columns: np.ndarray) -> Batch:
     """A new batch: ``batch`` without ``drop``, plus ``columns`` (the input batch is left untouched)."""
     out = {k: v for k, v in batch.items() if k not in drop}
     out.update(columns)

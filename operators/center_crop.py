@@ -35,14 +35,12 @@ class CenterCrop(Operator):
         for i, crop in enumerate(crops):
             if crop is not None:
                 pixels[i] = crop
-        return with_columns(batch, drop=self.drops, pixels=pixels, **{ERROR: errors})
+        return with_columns(batch, self.drops, pixels=pixels, **{ERROR: errors})
 
     def _crop(self, image: np.ndarray) -> np.ndarray:
         p = self.params
         height, width = image.shape[:2]
         if height < p.height or width < p.width or image.shape[2] != p.channels:
-            raise RowError(
-                "crop_failed", f"image {image.shape} cannot give a {p.height}x{p.width}x{p.channels} crop"
-            )
+            raise RowError("crop_failed", f"image {image.shape} cannot give a {p.height}x{p.width}x{p.channels} crop")
         top, left = (height - p.height) // 2, (width - p.width) // 2
         return image[top : top + p.height, left : left + p.width]

@@ -47,7 +47,7 @@ class Decode(Operator):
     def __call__(self, batch: Batch) -> Batch:
         kernel = self._decode_opencv if self.params.backend == "opencv" else self._decode_pillow
         images, errors = map_rows(batch["bytes"], errors_of(batch), kernel, "decode_failed")
-        return with_columns(batch, drop=self.drops, image=images, error=errors)
+        return with_columns(batch, self.drops, image=images, error=errors)
 
     def _open(self, data: bytes | None):  # type: ignore[no-untyped-def]
         if data is None:
@@ -56,7 +56,7 @@ class Decode(Operator):
 
     def _decode_pillow(self, data: bytes | None) -> np.ndarray:
         image = self._open(data)
-        draft = _imaging.dct_draft_size(*image.size, self.params.target_shorter)
+        draft = _imaging.dct_draft_size(image.width, image.height, self.params.target_shorter)
         if draft is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
             image.draft(image.mode, draft)
         return _imaging.to_array(image, self.params.color, self.params.background)

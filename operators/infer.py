@@ -66,7 +66,10 @@ def make_session(params: InferParams) -> Any:
         )
     logger.info(
         "loaded %s on %s in %.1f ms (%d intra-op threads)",
-        params.model_uri, session.get_providers()[0], (time.perf_counter() - start) * 1e3, params.intra_op_threads,
+        params.model_uri,
+        session.get_providers()[0],
+        (time.perf_counter() - start) * 1e3,
+        params.intra_op_threads,
     )
     return session
 
@@ -112,7 +115,7 @@ class Infer(Operator):
                 errors[ok] = f"inference_failed: {type(exc).__name__}: {exc}"[:500]
         if outputs is None:
             outputs = np.full((len(x), self._num_outputs()), np.nan, dtype=np.float32)
-        return with_columns(batch, drop=self.drops, output=outputs, **{ERROR: errors})
+        return with_columns(batch, self.drops, output=outputs, **{ERROR: errors})
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         if self.params.device != "cuda":

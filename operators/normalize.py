@@ -50,4 +50,4 @@ class Normalize(Operator):
         for c, plane in enumerate(planes):
             np.subtract(pixels[..., c], np.float32(p.mean[c]), out=plane, dtype=np.float32)
             plane *= np.float32(1.0 / p.std[c])
-        return with_columns(batch, drop=self.drops, input=out)
+        return with_columns(batch, self.drops, input=out)

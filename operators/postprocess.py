@@ -6,7 +6,7 @@ import numpy as np
 from pydantic import Field
 
 from operators._registry import register
-from operators.base import Batch, Column, Operator, Params, ok_mask, object_array, with_columns
+from operators.base import Batch, Column, Operator, Params, object_array, ok_mask, with_columns
 
 
 class PostprocessParams(Params):
@@ -60,4 +60,4 @@ class Postprocess(Operator):
         columns = {"label": labels, "score": top_score[:, 0].copy(), "top_k_index": top_index, "top_k_score": top_score}
         if p.keep_output:
             columns["raw_output"] = output
-        return with_columns(batch, drop=self.drops, **columns)
+        return with_columns(batch, self.drops, **columns)

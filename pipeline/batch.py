@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from operators.base import ERROR, Batch, OperatorSpec
@@ -84,28 +83,53 @@ class FusedActor:
         return predictions_table(self._stage(_as_source_batch(batch, self._rename)), self._model)
 
 
-def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
-    """The Ray Data plan (lazy): source -> actors -> prediction tables."""
+def source_dataset(source: Source, plan: ResourcePlan) -> tuple[Any, dict[str, str]]:
+    """The input rows as a Ray Dataset, and the renames that turn its columns into ``id`` and ``bytes``."""
     import ray.data
 
-    rename: dict[str, str] = {}
     if isinstance(source, FileListing):
-        # One block per batch: balanced work across actors and no giant first block.
-        # Small inputs are cut finer so that every actor gets a share.
+        # One block per batch (finer for small inputs, so every actor gets a share): balanced work.
         rows = source.table
         workers = plan.inference_actors + plan.preprocess_actors
         block_rows = max(1, min(plan.batch_size, -(-rows.num_rows // workers)))
-        blocks = [rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]
-        dataset = ray.data.from_arrow(blocks)
-    else:
-        assert isinstance(source, ParquetSource)
+        return ray.data.from_arrow([rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]), {}
+    assert isinstance(source, ParquetSource)
+    # Ray 2.60's default (V2) Parquet reader starts with a ListFiles task that always reserves one whole
+    # CPU; with the actors holding all but ``reserved_cpus`` it never gets scheduled and the job hangs.
+    # The V1 reader honours ``num_cpus``, so this read (and only this read) uses it.
+    context = ray.data.DataContext.get_current()
+    previous, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
         dataset = ray.data.read_parquet(
             source.path,
             filesystem=source.filesystem,
             columns=[source.id_column, source.bytes_column],
-            ray_remote_args={"num_cpus": plan.io_task_cpus},
+            num_cpus=plan.io_task_cpus,
         )
-        rename = {source.id_column: "id", source.bytes_column: "bytes"}
+    finally:
+        context.use_datasource_v2 = previous
+    return dataset, {source.id_column: "id", source.bytes_column: "bytes"}
+
+
+def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename: dict[str, str]) -> Any:
+    """Split layout, first half: rows -> ``id``, ``pixels`` (Arrow fixed-shape uint8 tensor), ``error``."""
+    import ray.data
+
+    return dataset.map_batches(
+        PreprocessActor,
+        fn_constructor_args=(graph.preprocess, rename),
+        compute=ray.data.ActorPoolStrategy(size=plan.preprocess_actors),
+        num_cpus=plan.cpus_per_preprocess_actor,
+        batch_size=plan.batch_size,
+        batch_format="numpy",
+    )
+
+
+def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
+    """The Ray Data plan (lazy): source -> actors -> prediction tables."""
+    import ray.data
+
+    dataset, rename = source_dataset(source, plan)
     device_graph = graph.on_device(plan.device, 0, plan.ort_threads)
     infer_args: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(size=plan.inference_actors),
@@ -116,24 +140,11 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
     if plan.gpus_per_inference_actor:
         infer_args["num_gpus"] = plan.gpus_per_inference_actor
     if plan.layout == "fused":
+        specs = device_graph.preprocess + device_graph.inference
         return dataset.map_batches(
-            FusedActor,
-            fn_constructor_args=(
-                device_graph.preprocess + device_graph.inference,
-                graph.model,
-                plan.device,
-                rename,
-            ),
-            **infer_args,
+            FusedActor, fn_constructor_args=(specs, graph.model, plan.device, rename), **infer_args
         )
-    pixels = dataset.map_batches(
-        PreprocessActor,
-        fn_constructor_args=(device_graph.preprocess, rename),
-        compute=ray.data.ActorPoolStrategy(size=plan.preprocess_actors),
-        num_cpus=plan.cpus_per_preprocess_actor,
-        batch_size=plan.batch_size,
-        batch_format="numpy",
-    )
+    pixels = preprocessed_dataset(dataset, device_graph, plan, rename)
     return pixels.map_batches(
         InferenceActor, fn_constructor_args=(device_graph.inference, graph.model, plan.device), **infer_args
     )

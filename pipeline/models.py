@@ -152,7 +152,9 @@ def check_model_matches_manifest(model: ModelVersion) -> None:
     if spec.name not in inputs:
         raise ModelLoadError(f"{where}: manifest input {spec.name!r} is not in the ONNX graph; inputs: {list(inputs)}")
     if len(inputs) != 1:
-        raise ModelLoadError(f"{where}: the ONNX graph has {len(inputs)} inputs {list(inputs)}; one image input expected")
+        raise ModelLoadError(
+            f"{where}: the ONNX graph has {len(inputs)} inputs {list(inputs)}; one image input expected"
+        )
     graph_input = inputs[spec.name]
     if graph_input.type != "tensor(float)":
         raise ModelLoadError(f"{where}: input {spec.name!r} is {graph_input.type}, manifest says float32")
@@ -171,7 +173,11 @@ def check_model_matches_manifest(model: ModelVersion) -> None:
     outputs = {o.name: o for o in session.get_outputs()}
     out_spec = model.manifest.output
     if out_spec.name not in outputs:
-        raise ModelLoadError(f"{where}: manifest output {out_spec.name!r} is not in the ONNX graph; outputs: {list(outputs)}")
+        raise ModelLoadError(
+            f"{where}: manifest output {out_spec.name!r} is not in the ONNX graph; outputs: {list(outputs)}"
+        )
     classes = outputs[out_spec.name].shape[-1]
     if isinstance(classes, int) and classes != len(model.labels):
-        raise ModelLoadError(f"{where}: output {out_spec.name!r} has {classes} classes but labels file has {len(model.labels)}")
+        raise ModelLoadError(
+            f"{where}: output {out_spec.name!r} has {classes} classes but labels file has {len(model.labels)}"
+        )

@@ -110,7 +110,9 @@ def plan_resources(cluster: dict[str, float], overrides: ResourceOverrides | Non
             io_task_cpus=io_task_cpus,
         )
     else:
-        gpus_each = o.gpus_per_inference_actor if o.gpus_per_inference_actor is not None else (1.0 if gpus >= 1 else 0.0)
+        gpus_each = (
+            o.gpus_per_inference_actor if o.gpus_per_inference_actor is not None else (1.0 if gpus >= 1 else 0.0)
+        )
         if gpus_each:
             infer_actors = o.inference_actors or max(1, int(gpus // gpus_each))
             cpus_infer = o.cpus_per_inference_actor or min(1.0, usable / (infer_actors + 1))
@@ -136,7 +138,9 @@ def plan_resources(cluster: dict[str, float], overrides: ResourceOverrides | Non
             ort_threads=o.ort_threads or (1 if gpus_each else max(1, math.floor(cpus_infer + 1e-9))),
             io_task_cpus=io_task_cpus,
         )
-    needed_cpus = plan.preprocess_actors * plan.cpus_per_preprocess_actor + plan.inference_actors * plan.cpus_per_inference_actor
+    needed_cpus = (
+        plan.preprocess_actors * plan.cpus_per_preprocess_actor + plan.inference_actors * plan.cpus_per_inference_actor
+    )
     if needed_cpus > usable + 1e-6:
         raise ConfigError(
             f"the plan needs {needed_cpus:g} CPUs for actors but only {usable:g} of {cpus:g} are usable "

@@ -114,14 +114,14 @@ def parquet_source(uri: str, id_column: str = "id", bytes_column: str = "image")
     for column, option in ((id_column, "--id-column"), (bytes_column, "--bytes-column")):
         if column not in schema.names:
             raise ConfigError(f"Parquet input {uri} has no column {column!r} (set {option}); columns: {schema.names}")
-    if not (pa.types.is_binary(schema.field(bytes_column).type) or pa.types.is_large_binary(schema.field(bytes_column).type)):
+    if not (
+        pa.types.is_binary(schema.field(bytes_column).type) or pa.types.is_large_binary(schema.field(bytes_column).type)
+    ):
         raise ConfigError(f"column {bytes_column!r} of {uri} is {schema.field(bytes_column).type}, expected binary")
     return ParquetSource(path, fs, id_column, bytes_column)
 
 
-def detect_source(
-    uri: str, kind: SourceKind = "auto", id_column: str = "id", bytes_column: str = "image"
-) -> Source:
+def detect_source(uri: str, kind: SourceKind = "auto", id_column: str = "id", bytes_column: str = "image") -> Source:
     """Work out what ``uri`` is (unless ``kind`` says) and list or check it."""
     if kind == "auto":
         if _has_glob(uri):

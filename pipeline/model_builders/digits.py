@@ -208,8 +208,7 @@ def write_heldout_images(folder: Path, size: int = 32) -> list[tuple[Path, int]]
 
     if size <= 0 or size % SIDE_PX:
         raise ValueError(
-            f"size must be a positive multiple of {SIDE_PX} so that an area resize recovers the digit; "
-            f"got {size}"
+            f"size must be a positive multiple of {SIDE_PX} so that an area resize recovers the digit; got {size}"
         )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

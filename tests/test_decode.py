@@ -1,0 +1,97 @@
+"""decode on real photos and on the hazards real data sets contain; both back ends."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import operators
+from operators.base import ERROR, OperatorSpec, object_array
+from tests.bad_images import bad_inputs, odd_but_valid
+from tests.conftest import encode
+
+BACKENDS = ("pillow", "opencv")
+
+
+def decode(data: list[bytes | None], **params: object) -> dict[str, np.ndarray]:
+    op = operators.create(OperatorSpec(name="decode", params=params))
+    return op({"bytes": object_array(data)})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hazards_become_error_rows_with_reasons(backend: str, photos: dict[str, np.ndarray]) -> None:
+    cases = bad_inputs(photos["coffee"])
+    out = decode([data for data, _ in cases.values()] + [None], backend=backend)
+    reasons = [e.split(":")[0] for e in out[ERROR]]
+    assert reasons == [reason for _, reason in cases.values()] + ["empty"]
+    assert all(image is None for image in out["image"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("color", ["RGB", "L"])
+def test_unusual_modes_and_containers_decode(backend: str, color: str, photos: dict[str, np.ndarray]) -> None:
+    cases = odd_but_valid(photos["coffee"])
+    out = decode(list(cases.values()), backend=backend, color=color)
+    assert list(out[ERROR]) == [None] * len(cases)
+    for name, image in zip(cases, out["image"], strict=True):
+        assert image.dtype == np.uint8 and image.shape == (64, 96, 3 if color == "RGB" else 1), name
+
+
+def test_alpha_is_composited_on_the_background(photos: dict[str, np.ndarray]) -> None:
+    image = decode([odd_but_valid(photos["coffee"])["rgba.png"]], background=(255, 255, 255))["image"][0]
+    assert (image[:, :40] == 255).all(), "fully transparent pixels must become the background, not black"
+
+
+def test_sixteen_bit_keeps_its_range(photos: dict[str, np.ndarray]) -> None:
+    gray = np.asarray(Image.fromarray(photos["coffee"]).resize((96, 64)).convert("L"))
+    image = decode([odd_but_valid(photos["coffee"])["gray16.png"]], color="L")["image"][0][:, :, 0]
+    np.testing.assert_array_equal(image, gray)  # v*257 >> 8 == v: no clipping at 255
+
+
+def test_animation_gives_its_first_frame(photos: dict[str, np.ndarray]) -> None:
+    first = decode([odd_but_valid(photos["coffee"])["animated.webp"]])["image"][0]
+    still = np.asarray(Image.fromarray(photos["coffee"]).resize((96, 64)))
+    assert np.abs(first.astype(int) - still.astype(int)).mean() < 8  # lossy WebP, but not the flipped frame
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exif_orientation_is_applied(backend: str, photos: dict[str, np.ndarray]) -> None:
+    photo = Image.fromarray(photos["chelsea"])  # 451 wide, 300 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, to be shown rotated 90 degrees clockwise
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=92, exif=exif)
+    image = decode([buffer.getvalue()], backend=backend)["image"][0]
+    assert image.shape[:2] == (451, 300)
+    expected = np.asarray(photo.transpose(Image.Transpose.ROTATE_270))
+    assert np.abs(image.astype(int) - expected.astype(int)).mean() < 4
+
+
+def test_formats_outside_the_allow_list_are_refused(photos: dict[str, np.ndarray]) -> None:
+    out = decode([encode(photos["coffee"], "BMP")], formats=("JPEG", "PNG"))
+    assert out[ERROR][0].startswith("not_an_image")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dct_downscaling_shrinks_large_jpegs_but_not_below_target(backend: str, photos: dict[str, np.ndarray]) -> None:
+    big = np.asarray(Image.fromarray(photos["astronaut"]).resize((1024, 1024)))  # 512 -> 1024 px
+    image = decode([encode(big, quality=92)], backend=backend, target_shorter=200)["image"][0]
+    assert 200 <= min(image.shape[:2]) <= 512, image.shape  # 1/4 scale = 256 px; 1/8 would be under 200
+
+
+def test_backends_agree_on_real_photos(photo_jpegs: dict[str, bytes]) -> None:
+    """Pillow and OpenCV wrap different JPEG decoders (libjpeg-turbo builds, IDCT and upsampling choices).
+
+    Stated tolerance: mean absolute difference under 1.5 grey levels and the 99th percentile under 8,
+    with full-size decoding; with DCT downscaling both sides take the same 1/2-1/8 path.
+    """
+    data = list(photo_jpegs.values())
+    pil = decode(data, backend="pillow")["image"]
+    cv = decode(data, backend="opencv")["image"]
+    for name, a, b in zip(photo_jpegs, pil, cv, strict=True):
+        assert a.shape == b.shape, name
+        diff = np.abs(a.astype(int) - b.astype(int))
+        assert diff.mean() < 1.5 and np.percentile(diff, 99) < 8, (name, diff.mean(), np.percentile(diff, 99))

@@ -1,0 +1,75 @@
+"""The graph in-process: golden predictions on real photos, accuracy on held-out digits, build-time checks."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from operators.base import OperatorSpec
+from pipeline.errors import ConfigError
+from pipeline.graph import build_graph, check_contract
+from pipeline.spec import DecodeOptions, GraphSpec
+
+
+def test_golden_efficientnet_on_real_photos(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    graph = build_graph(GraphSpec(model="efficientnet-lite0"), repository)
+    table = graph.run([photo_jpegs["coffee"], photo_jpegs["chelsea"]], ["coffee", "chelsea"])
+    coffee, chelsea = table.to_pylist()
+    assert coffee["label"] == "espresso" and coffee["score"] > 0.8
+    assert {"tabby", "tiger cat", "Egyptian cat"} & {t["label"] for t in chelsea["top_k"]}
+    assert coffee["model"] == "efficientnet-lite0" and coffee["model_version"] == "1"
+
+
+@pytest.mark.parametrize("backend", ["pillow", "opencv"])
+def test_digits_accuracy_on_held_out_files(repository, digit_files, backend) -> None:  # type: ignore[no-untyped-def]
+    spec = GraphSpec(model="digits", decode=DecodeOptions(backend=backend), resize_backend=backend)
+    graph = build_graph(spec, repository)
+    table = graph.run([path.read_bytes() for path, _ in digit_files])
+    predicted = [int(label) for label in table.column("label").to_pylist()]
+    accuracy = np.mean([p == truth for p, (_, truth) in zip(predicted, digit_files, strict=True)])
+    assert accuracy >= 0.95, accuracy
+
+
+def test_graph_equals_a_hand_written_reference(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    """Same preprocessing written out with Pillow + numpy, ORT called directly: outputs within 1e-4."""
+    model = repository.load("efficientnet-lite0")
+    graph = build_graph(GraphSpec(model="efficientnet-lite0", keep_raw_output=True), repository)
+    ours = np.stack(graph.run(list(photo_jpegs.values())).column("raw_output").to_numpy(zero_copy_only=False))
+    session = ort.InferenceSession(model.model_uri, providers=["CPUExecutionProvider"])
+    m = model.manifest
+    for row, data in zip(ours, photo_jpegs.values(), strict=True):
+        image = Image.open(io.BytesIO(data))
+        scale = m.preprocess.resize_shorter / min(image.size)
+        if scale <= 0.5:  # JPEG DCT-domain downscaling, as the decode operator does
+            image.draft("RGB", (int(np.ceil(image.size[0] * scale)), int(np.ceil(image.size[1] * scale))))
+        image = image.convert("RGB")
+        width, height = image.size
+        size = (256, round(height * 256 / width)) if width <= height else (round(width * 256 / height), 256)
+        image = image.resize(size, Image.Resampling.BICUBIC)
+        left, top = (image.size[0] - 224) // 2, (image.size[1] - 224) // 2
+        pixels = np.asarray(image.crop((left, top, left + 224, top + 224)), dtype=np.float32)
+        x = np.ascontiguousarray(((pixels - 127.0) / 128.0).transpose(2, 0, 1)[None])
+        reference = session.run(None, {"input": x})[0][0]
+        np.testing.assert_allclose(row, reference, atol=1e-4)
+
+
+def test_contract_check_names_the_missing_column() -> None:
+    with pytest.raises(ConfigError, match="'normalize' reads \\['pixels'\\]"):
+        check_contract(
+            [OperatorSpec(name="decode"), OperatorSpec(name="normalize", params={"mean": [0], "std": [1]})], ["bytes"]
+        )
+
+
+def test_bad_options_fail_before_any_data(repository) -> None:  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="top_k"):
+        GraphSpec.model_validate({"model": "digits", "top_k": 0})
+    with pytest.raises(ValidationError, match="extra"):
+        GraphSpec.model_validate({"model": "digits", "topk": 3})
+    with pytest.raises(ConfigError, match="no model 'nope'"):
+        build_graph(GraphSpec(model="nope"), repository)
