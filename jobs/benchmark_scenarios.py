@@ -1,0 +1,281 @@
+"""The benchmark's scenarios, each run by ``jobs/benchmark.py`` in its own subprocess.
+
+- ``plain_loop``: the glue a user writes by hand: one process, Pillow decode, resize, crop, normalize,
+  ONNX Runtime on batches of 32 with one thread per CPU.
+- ``ray_data_textbook``: what Ray's batch-inference docs teach: ``read_images`` + a task ``map_batches`` to
+  preprocess + an ORT actor class in ``map_batches``, predictions written with ``write_parquet``. Setup: a
+  fixed pool of 1 actor holding 1 CPU and running cpu_count-1 ORT threads, batches of 32, default
+  ``ray.init``. Ray fuses the preprocessing ``map_batches`` into the actor's operator (see ``ray_plan`` in
+  the report), so resizing runs inside the one actor: the textbook gets that.
+- ``preprocess_only`` and ``inference_only``: each stage alone on all cores, in steady state (pools and
+  sessions are warmed before the clock starts). Together they give the machine limit
+  ``1 / (1/preprocess + 1/inference)``: all cores busy with useful work and nothing else.
+- ``streamscore``: the pipeline, wired exactly as ``streamscore score`` wires it (default plan).
+
+Each returns ``work_s`` (the timed section: after interpreter start, imports and ``ray.init``, including
+model loading, actor start-up and writing predictions) and the number of images scored.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH_SIZE = 32
+
+
+def _preprocess_params(model_dir: str) -> dict[str, Any]:
+    """The manifest's preprocessing as plain values, so it can travel to Ray tasks and pool workers."""
+    from pipeline.manifest import ModelManifest
+
+    m = ModelManifest.model_validate_json((Path(model_dir) / "manifest.json").read_text())
+    return {
+        "resize": m.preprocess.resize_shorter,
+        "interpolation": m.preprocess.interpolation,
+        "height": m.input.height,
+        "width": m.input.width,
+        "mean": m.preprocess.mean,
+        "std": m.preprocess.std,
+    }
+
+
+def _preprocess(image: Any, p: dict[str, Any]) -> Any:
+    """PIL image -> CHW float32: resize the shorter side, centre-crop, ``(x - mean) / std``."""
+    import numpy as np
+    from PIL import Image
+
+    resample = {
+        "nearest": Image.Resampling.NEAREST,
+        "bilinear": Image.Resampling.BILINEAR,
+        "bicubic": Image.Resampling.BICUBIC,
+        "area": Image.Resampling.BOX,
+        "lanczos": Image.Resampling.LANCZOS,
+    }[p["interpolation"]]
+    w, h = image.size
+    scale = p["resize"] / min(w, h)
+    w, h = max(p["width"], round(w * scale)), max(p["height"], round(h * scale))
+    image = image.resize((w, h), resample)
+    left, top = (w - p["width"]) // 2, (h - p["height"]) // 2
+    image = image.crop((left, top, left + p["width"], top + p["height"]))
+    x = (np.asarray(image, np.float32) - np.asarray(p["mean"], np.float32)) / np.asarray(p["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _decode(source: str | bytes) -> Any:
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source).convert("RGB")
+
+
+def _session(model_dir: str, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # CPU on purpose: this is the CPU benchmark, and onnxruntime-gpu would otherwise try CUDA first.
+    return ort.InferenceSession(str(Path(model_dir) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+
+def _inputs(cfg: dict[str, Any]) -> Any:
+    """Yield ``(id, path or JPEG bytes)`` in order, from the image folder or the Parquet file."""
+    if cfg["input_format"] == "files":
+        for path in cfg["images"]:
+            yield Path(path).stem, path
+    else:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(cfg["parquet"]).iter_batches(batch_size=64):
+            yield from zip(batch.column("id").to_pylist(), batch.column("image").to_pylist(), strict=True)
+
+
+def _write_predictions(out_dir: str, ids: list[str], logits: list[Any]) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scores = np.concatenate(logits)
+    table = pa.table({"id": ids, "label": scores.argmax(1), "score": scores.max(1)})
+    pq.write_table(table, Path(out_dir) / "predictions.parquet")
+
+
+def run_plain_loop(cfg: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    start = time.perf_counter()
+    p = _preprocess_params(cfg["model_dir"])
+    session = _session(cfg["model_dir"], cfg["cpu_count"])
+    ids: list[str] = []
+    logits: list[Any] = []
+    batch: list[Any] = []
+    for image_id, source in _inputs(cfg):
+        ids.append(image_id)
+        batch.append(_preprocess(_decode(source), p))
+        if len(batch) == BATCH_SIZE:
+            logits.append(session.run(None, {session.get_inputs()[0].name: np.stack(batch)})[0])
+            batch = []
+    if batch:
+        logits.append(session.run(None, {session.get_inputs()[0].name: np.stack(batch)})[0])
+    _write_predictions(cfg["out_dir"], ids, logits)
+    return {"work_s": time.perf_counter() - start, "images": len(ids)}
+
+
+class OrtPredictor:
+    """The textbook stateful ``map_batches`` class: load the model once per actor, score each batch."""
+
+    def __init__(self, model_dir: str, threads: int) -> None:
+        self.session = _session(model_dir, threads)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        logits = self.session.run(None, {self.input_name: batch["input"]})[0]
+        return {"id": batch["id"], "label": logits.argmax(1), "score": logits.max(1)}
+
+
+def _ray_preprocess(batch: dict[str, Any], p: dict[str, Any], decoded: bool) -> dict[str, Any]:
+    """``read_images`` gives decoded HxWx3 arrays and paths; Parquet input gives ids and JPEG bytes."""
+    import numpy as np
+    from PIL import Image
+
+    if decoded:
+        images = [Image.fromarray(a) for a in batch["image"]]
+        ids = np.array([Path(s).stem for s in batch["path"]])
+    else:
+        images = [_decode(bytes(b)) for b in batch["image"]]
+        ids = batch["id"]
+    return {"id": ids, "input": np.stack([_preprocess(i, p) for i in images])}
+
+
+def run_ray_data_textbook(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One fixed-size pool of 1 ORT actor holding 1 CPU with cpu_count-1 threads; the other CPUs are left to
+    the read and preprocess tasks, which Ray schedules itself (TaskPoolStrategy, 1 CPU each)."""
+    import ray
+
+    cpus = cfg["cpu_count"]
+    init_start = time.perf_counter()
+    ray.init(address="local", num_cpus=cpus)  # a fresh cluster whose processes are our children
+    start = time.perf_counter()
+    p = _preprocess_params(cfg["model_dir"])
+    if cfg["input_format"] == "files":
+        ds = ray.data.read_images(cfg["images_dir"], mode="RGB", include_paths=True)
+    else:
+        ds = ray.data.read_parquet(cfg["parquet"])
+    decoded = cfg["input_format"] == "files"
+    # fn_kwargs is how the docs pass parameters; Ray's stubs only know one-argument functions.
+    ds = ds.map_batches(
+        _ray_preprocess,  # type: ignore[arg-type]
+        fn_kwargs={"p": p, "decoded": decoded},
+        batch_size=BATCH_SIZE,
+    )
+    ds = ds.map_batches(
+        OrtPredictor,
+        fn_constructor_kwargs={"model_dir": cfg["model_dir"], "threads": max(1, cpus - 1)},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_size=BATCH_SIZE,
+        num_cpus=1,
+    )
+    ds.write_parquet(cfg["out_dir"])
+    work_s = time.perf_counter() - start
+    images = ray.data.read_parquet(cfg["out_dir"]).count()
+    ray.shutdown()
+    return {"work_s": work_s, "startup_s": start - init_start, "images": images}
+
+
+_worker_state: dict[str, Any] = {}
+
+
+def _init_preprocess_worker(model_dir: str, barrier: Any) -> None:
+    _worker_state["p"] = _preprocess_params(model_dir)
+    barrier.wait()
+
+
+def _preprocess_one(source: str | bytes) -> float:
+    return float(_preprocess(_decode(source), _worker_state["p"])[0, 0, 0])  # a scalar: no pickling cost
+
+
+def run_preprocess_only(cfg: dict[str, Any]) -> dict[str, Any]:
+    import multiprocessing as mp
+
+    sources = [s for _, s in _inputs(cfg)]
+    n = cfg["cpu_count"]
+    barrier = mp.Barrier(n + 1)
+    with mp.Pool(n, _init_preprocess_worker, (cfg["model_dir"], barrier)) as pool:
+        barrier.wait()  # every worker has started and imported what it needs
+        start = time.perf_counter()
+        done = sum(1 for _ in pool.imap_unordered(_preprocess_one, sources, chunksize=8))
+        work_s = time.perf_counter() - start
+    return {"work_s": work_s, "images": done}
+
+
+def _init_inference_worker(model_dir: str, threads: int, barrier: Any) -> None:
+    import numpy as np
+
+    session = _session(model_dir, threads)
+    p = _preprocess_params(model_dir)
+    x = np.random.default_rng(os.getpid()).standard_normal((BATCH_SIZE, 3, p["height"], p["width"]))
+    _worker_state.update(session=session, x=x.astype(np.float32), name=session.get_inputs()[0].name)
+    session.run(None, {_worker_state["name"]: _worker_state["x"]})  # warm-up: first run allocates
+    barrier.wait()
+
+
+def _infer(rows: int) -> int:
+    s = _worker_state
+    s["session"].run(None, {s["name"]: s["x"][:rows]})
+    return rows
+
+
+def run_inference_only(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``threads``: one session, one intra-op thread per CPU; ``processes``: one 1-thread session per CPU."""
+    import multiprocessing as mp
+
+    n, total = cfg["cpu_count"], cfg["n_images"]
+    sizes = [min(BATCH_SIZE, total - i) for i in range(0, total, BATCH_SIZE)]
+    if cfg["variant"] == "threads":
+        _init_inference_worker(cfg["model_dir"], n, mp.Barrier(1))
+        start = time.perf_counter()
+        done = sum(_infer(rows) for rows in sizes)
+        return {"work_s": time.perf_counter() - start, "images": done}
+    barrier = mp.Barrier(n + 1)
+    with mp.Pool(n, _init_inference_worker, (cfg["model_dir"], 1, barrier)) as pool:
+        barrier.wait()
+        start = time.perf_counter()
+        done = sum(pool.imap_unordered(_infer, sizes))
+        work_s = time.perf_counter() - start
+    return {"work_s": work_s, "images": done}
+
+
+def run_streamscore(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The CLI's own path: detect the source, build the graph, plan from the cluster, ``run_batch``."""
+    import ray
+    import ray.data
+
+    from pipeline.batch import run_batch
+    from pipeline.graph import build_graph
+    from pipeline.models import ModelRepository
+    from pipeline.planner import plan_resources
+    from pipeline.sources import FileListing, detect_source
+    from pipeline.spec import GraphSpec
+
+    init_start = time.perf_counter()
+    ray.init(address="local", num_cpus=cfg["cpu_count"])
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    start = time.perf_counter()
+    source = detect_source(cfg["images_dir"] if cfg["input_format"] == "files" else cfg["parquet"])
+    repository = ModelRepository(cfg["models_dir"])
+    graph = build_graph(
+        GraphSpec(model=f"{cfg['model']}:{cfg['version']}"), repository, read_files=isinstance(source, FileListing)
+    )
+    plan = plan_resources(ray.cluster_resources())
+    summary = run_batch(graph, source, cfg["out_dir"], plan, overwrite=True)
+    work_s = time.perf_counter() - start
+    ray.shutdown()
+    return {
+        "work_s": work_s,
+        "startup_s": start - init_start,
+        "images": summary.rows - summary.error_rows,
+        "plan": summary.plan,
+    }
