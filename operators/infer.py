@@ -29,6 +29,8 @@ class InferParams(Params):
     device: Literal["cpu", "cuda"] = "cpu"
     device_id: int = Field(default=0, ge=0)
     intra_op_threads: int = Field(default=1, ge=1)
+    # None: IOBinding on CUDA only. Settable so the binding path can be checked against plain run() on CPU.
+    io_binding: bool | None = None
 
 
 def read_model_bytes(uri: str) -> bytes:
@@ -118,14 +120,15 @@ class Infer(Operator):
         return with_columns(batch, self.drops, output=outputs, **{ERROR: errors})
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if self.params.device != "cuda":
-            return self._session.run([self.params.output_name], {self.params.input_name: x})[0]
+        p = self.params
+        if not (p.io_binding if p.io_binding is not None else p.device == "cuda"):
+            return self._session.run([p.output_name], {p.input_name: x})[0]
         import onnxruntime as ort
 
+        # The input is copied to the device once; the output stays there until the one copy back.
         binding = self._session.io_binding()
-        device_input = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.params.device_id)
-        binding.bind_ortvalue_input(self.params.input_name, device_input)
-        binding.bind_output(self.params.output_name, "cuda", self.params.device_id)
+        binding.bind_ortvalue_input(p.input_name, ort.OrtValue.ortvalue_from_numpy(x, p.device, p.device_id))
+        binding.bind_output(p.output_name, p.device, p.device_id)
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 

@@ -73,3 +73,18 @@ def test_bad_options_fail_before_any_data(repository) -> None:  # type: ignore[n
         GraphSpec.model_validate({"model": "digits", "topk": 3})
     with pytest.raises(ConfigError, match="no model 'nope'"):
         build_graph(GraphSpec(model="nope"), repository)
+
+
+def test_io_binding_path_equals_plain_run(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    """The IOBinding code that CUDA uses, run here on the CPU device, gives what session.run gives."""
+    import operators
+
+    graph = build_graph(GraphSpec(model="efficientnet-lite0"), repository)
+    (infer_spec,) = [s for s in graph.inference if s.name == "infer"]
+    plain = operators.create(infer_spec)
+    bound = operators.create(OperatorSpec(name="infer", params={**infer_spec.params, "io_binding": True}))
+    x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
+    batch = {"id": np.array(["a", "b", "c"], dtype=object), "input": x, "error": np.full(3, None, dtype=object)}
+    expected, got = plain(batch)["output"], bound(batch)["output"]
+    assert expected.shape == (3, 1000) and np.isfinite(expected).all()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
