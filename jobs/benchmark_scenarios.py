@@ -251,8 +251,8 @@ def run_inference_only(cfg: dict[str, Any]) -> dict[str, Any]:
 def run_streamscore(cfg: dict[str, Any]) -> dict[str, Any]:
     """The CLI's own path: detect the source, build the graph, plan from the cluster, ``run_batch``."""
     import ray
-    import ray.data
 
+    from jobs.batch_score import connect_ray
     from pipeline.batch import run_batch
     from pipeline.graph import build_graph
     from pipeline.models import ModelRepository
@@ -261,8 +261,7 @@ def run_streamscore(cfg: dict[str, Any]) -> dict[str, Any]:
     from pipeline.spec import GraphSpec
 
     init_start = time.perf_counter()
-    ray.init(address="local", num_cpus=cfg["cpu_count"])
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    connect_ray(None, num_cpus=cfg["cpu_count"])
     start = time.perf_counter()
     source = detect_source(cfg["images_dir"] if cfg["input_format"] == "files" else cfg["parquet"])
     repository = ModelRepository(cfg["models_dir"])

@@ -83,6 +83,20 @@ class FusedActor:
         return predictions_table(self._stage(_as_source_batch(batch, self._rename)), self._model)
 
 
+def tune_data_context() -> None:
+    """Turn off Ray Data bookkeeping that costs CPU on every task and buys a batch job nothing.
+
+    Measured on 2 cores: a USS-polling thread started per map task and the progress bars took CPU from the
+    actors that do the work. Everything else keeps Ray's defaults.
+    """
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.memory_usage_poll_interval_s = None
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+
+
 def source_dataset(source: Source, plan: ResourcePlan) -> tuple[Any, dict[str, str]]:
     """The input rows as a Ray Dataset, and the renames that turn its columns into ``id`` and ``bytes``."""
     import ray.data
@@ -131,6 +145,7 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
     """The Ray Data plan (lazy): source -> actors -> prediction tables."""
     import ray.data
 
+    tune_data_context()
     dataset, rename = source_dataset(source, plan)
     device_graph = graph.on_device(plan.device, 0, plan.ort_threads)
     infer_args: dict[str, Any] = {
