@@ -59,6 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--cpus-per-inference-actor", type=float)
     tuning.add_argument("--gpus-per-inference-actor", type=float)
     tuning.add_argument("--ort-threads", type=int)
+    tuning.add_argument("--rows-per-ort-call", type=int, help="split each batch into ORT calls of this many rows")
     tuning.add_argument("--reserved-cpus", type=float, help="CPUs kept free for Ray Data read/write tasks")
     parser.add_argument("--summary-json", help="also write the closing summary as JSON to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -75,6 +76,7 @@ def _overrides(args: argparse.Namespace) -> ResourceOverrides:
         cpus_per_inference_actor=args.cpus_per_inference_actor,
         gpus_per_inference_actor=args.gpus_per_inference_actor,
         ort_threads=args.ort_threads,
+        rows_per_ort_call=args.rows_per_ort_call,
         reserved_cpus=args.reserved_cpus,
     )
 

@@ -147,7 +147,7 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
 
     tune_data_context()
     dataset, rename = source_dataset(source, plan)
-    device_graph = graph.on_device(plan.device, 0, plan.ort_threads)
+    device_graph = graph.on_device(plan.device, 0, plan.ort_threads, plan.rows_per_ort_call)
     infer_args: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(size=plan.inference_actors),
         "num_cpus": plan.cpus_per_inference_actor,

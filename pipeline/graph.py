@@ -31,15 +31,18 @@ class Graph:
     preprocess: tuple[OperatorSpec, ...]
     inference: tuple[OperatorSpec, ...]
 
-    def on_device(self, device: str, device_id: int = 0, intra_op_threads: int = 1) -> Graph:
+    def on_device(
+        self, device: str, device_id: int = 0, intra_op_threads: int = 1, max_rows_per_call: int | None = None
+    ) -> Graph:
         """The same graph with inference placed on ``device`` ("cpu" or "cuda") with the given threads."""
+        placement = {
+            "device": device,
+            "device_id": device_id,
+            "intra_op_threads": intra_op_threads,
+            "max_rows_per_call": max_rows_per_call,
+        }
         inference = tuple(
-            OperatorSpec(
-                name=s.name,
-                params={**s.params, "device": device, "device_id": device_id, "intra_op_threads": intra_op_threads},
-            )
-            if s.name == "infer"
-            else s
+            OperatorSpec(name=s.name, params={**s.params, **placement}) if s.name == "infer" else s
             for s in self.inference
         )
         return replace(self, inference=inference)

@@ -75,16 +75,20 @@ def test_bad_options_fail_before_any_data(repository) -> None:  # type: ignore[n
         build_graph(GraphSpec(model="nope"), repository)
 
 
-def test_io_binding_path_equals_plain_run(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
-    """The IOBinding code that CUDA uses, run here on the CPU device, gives what session.run gives."""
+def test_io_binding_and_chunked_calls_equal_one_plain_run(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    """The IOBinding code that CUDA uses (run here on the CPU device) and ORT calls on a few rows at a time
+    give what one session.run on the whole batch gives; failed rows stay NaN."""
     import operators
 
     graph = build_graph(GraphSpec(model="efficientnet-lite0"), repository)
     (infer_spec,) = [s for s in graph.inference if s.name == "infer"]
     plain = operators.create(infer_spec)
     bound = operators.create(OperatorSpec(name="infer", params={**infer_spec.params, "io_binding": True}))
-    x = np.random.default_rng(0).standard_normal((3, 3, 224, 224)).astype(np.float32)
-    batch = {"id": np.array(["a", "b", "c"], dtype=object), "input": x, "error": np.full(3, None, dtype=object)}
-    expected, got = plain(batch)["output"], bound(batch)["output"]
-    assert expected.shape == (3, 1000) and np.isfinite(expected).all()
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    chunked = operators.create(OperatorSpec(name="infer", params={**infer_spec.params, "max_rows_per_call": 2}))
+    x = np.random.default_rng(0).standard_normal((5, 3, 224, 224)).astype(np.float32)
+    errors = np.array([None, None, "empty: zero bytes", None, None], dtype=object)
+    batch = {"id": np.array(list("abcde"), dtype=object), "input": x, "error": errors}
+    expected = plain(batch)["output"]
+    assert expected.shape == (5, 1000) and np.isfinite(expected[[0, 1, 3, 4]]).all() and np.isnan(expected[2]).all()
+    np.testing.assert_allclose(bound(batch)["output"], expected, atol=1e-5)
+    np.testing.assert_allclose(chunked(batch)["output"], expected, atol=1e-5, equal_nan=True)
