@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script (ray job submit): make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,6 +24,9 @@ if __package__ in (None, ""):  # run as a script (ray job submit): make the repo
 from pipeline.errors import ErrorBudgetExceeded, StreamScoreError  # noqa: E402
 from pipeline.planner import ResourceOverrides  # noqa: E402
 from pipeline.spec import DecodeOptions, GraphSpec  # noqa: E402
+
+if TYPE_CHECKING:
+    from pipeline.batch import RunSummary
 
 logger = logging.getLogger("streamscore")
 
@@ -131,7 +135,8 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+        # "local": never join a cluster that `ray start` left running on this machine without being asked.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.models import ModelRepository
     from pipeline.planner import plan_resources
     from pipeline.sources import FileListing, detect_source
+    from pipeline.writer import check_output
 
     # Everything that can be checked without data is checked before Ray starts.
     spec = GraphSpec(
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     source = detect_source(args.input, args.input_format, args.id_column, args.bytes_column)
     graph = build_graph(spec, ModelRepository(args.models_dir), read_files=isinstance(source, FileListing))
+    check_output(args.output, args.overwrite)
 
     connect_ray(args.address)
     plan = plan_resources(ray.cluster_resources(), overrides)
@@ -170,16 +177,21 @@ def run(args: argparse.Namespace) -> int:
         )
     except ErrorBudgetExceeded as exc:
         progress.close()
+        _report(exc.summary, args)  # the output is complete; say what is in it, then fail
         print(f"streamscore: {exc}", file=sys.stderr)
         return 3
     progress.close()
+    _report(summary, args)
+    return 0
+
+
+def _report(summary: RunSummary, args: argparse.Namespace) -> None:
     print(summary.render())
     if args.show:
         _show(args.output, args.show)
     if args.summary_json:
         with open(args.summary_json, "w", encoding="utf-8") as handle:
             json.dump({**summary.__dict__, "images_per_s": summary.images_per_s}, handle, indent=2)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -237,6 +237,7 @@ def run_batch(
     if max_error_fraction is not None and summary.rows and summary.error_rows / summary.rows > max_error_fraction:
         raise ErrorBudgetExceeded(
             f"{summary.error_rows} of {summary.rows} rows failed ({summary.error_rows / summary.rows:.1%}), over the "
-            f"allowed {max_error_fraction:.1%}; the output holds every row with its error\n{summary.render()}"
+            f"allowed {max_error_fraction:.1%}; the output holds every row with its error",
+            summary,
         )
     return summary

@@ -32,4 +32,8 @@ class InputError(StreamScoreError):
 
 
 class ErrorBudgetExceeded(StreamScoreError):
-    """More rows failed than the user allowed (``max_error_fraction``)."""
+    """More rows failed than the user allowed (``max_error_fraction``); ``summary`` is the finished run's."""
+
+    def __init__(self, message: str, summary: object = None) -> None:
+        super().__init__(message)
+        self.summary = summary

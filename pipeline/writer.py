@@ -15,19 +15,24 @@ from pipeline.errors import InputError
 from pipeline.filesystems import resolve
 
 
+def check_output(output_uri: str, overwrite: bool) -> None:
+    """Fail early (before Ray starts or any data is read) if ``output_uri`` cannot take a new dataset."""
+    fs, path = resolve(output_uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise InputError(f"output {output_uri} is a file; give a folder for the Parquet dataset")
+    if info.type == pafs.FileType.Directory and not overwrite and fs.get_file_info(pafs.FileSelector(path)):
+        raise InputError(f"output folder {output_uri} is not empty; pass --overwrite to replace it")
+
+
 class PredictionWriter:
     """Appends prediction tables to ``part-NNNNN.parquet`` files, rolling over every ``rows_per_file`` rows."""
 
     def __init__(self, output_uri: str, *, overwrite: bool = False, rows_per_file: int = 1_000_000) -> None:
+        check_output(output_uri, overwrite)
         self._fs, self._dir = resolve(output_uri)
-        info = self._fs.get_file_info(self._dir)
-        if info.type == pafs.FileType.File:
-            raise InputError(f"output {output_uri} is a file; give a folder for the Parquet dataset")
-        if info.type == pafs.FileType.Directory:
-            existing = self._fs.get_file_info(pafs.FileSelector(self._dir))
-            if existing and not overwrite:
-                raise InputError(f"output folder {output_uri} is not empty; pass --overwrite to replace it")
-            for entry in existing:
+        if self._fs.get_file_info(self._dir).type == pafs.FileType.Directory:
+            for entry in self._fs.get_file_info(pafs.FileSelector(self._dir)):
                 if entry.type == pafs.FileType.Directory:
                     self._fs.delete_dir(entry.path)
                 else:
