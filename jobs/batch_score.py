@@ -137,6 +137,17 @@ def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
     else:
         # "local": never join a cluster that `ray start` left running on this machine without being asked.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    _quiet_ray_data_console()
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data's per-dataset chatter on the console ("Starting execution", "Progress bars disabled") would
+    bury our progress line and summary; its file log in the session's logs/ray-data folder keeps it all."""
+    import ray.data  # noqa: F401 - configures Ray Data's loggers, which we then adjust
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.ERROR)
 
 
 def run(args: argparse.Namespace) -> int:
