@@ -1,0 +1,127 @@
+"""The Serve app: a gateway (HTTP), a preprocessing deployment (CPU) and a scoring deployment (the model).
+
+The two halves of the batch job's graph run in separate deployments so each scales on its own: the
+preprocessor decodes and crops (``graph.preprocess``, uint8 pixels out), the scorer batches concurrent
+requests with ``@serve.batch`` and runs ``graph.inference`` (normalize, ONNX Runtime, top-k). Graphs are built
+from the same model repository and ``GraphSpec`` as the batch job, so the same image gives the same answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+from operators.base import ERROR, object_array
+from pipeline.graph import Graph, Stage, build_graph
+from pipeline.models import ModelRepository
+from pipeline.output import predictions_table
+from pipeline.spec import GraphSpec
+
+
+class ServeConfig(BaseModel):
+    """What ``streamscore serve`` and the Serve config file set; everything has a working default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models_dir: str = "models"
+    top_k: int = Field(default=5, ge=1)
+    max_batch_size: int = Field(default=16, ge=1)
+    batch_wait_timeout_s: float = Field(default=0.005, ge=0)
+    # Large enough that @serve.batch can fill a batch from concurrent requests.
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_request_bytes: int = Field(default=20_000_000, ge=1)
+    max_cached_versions: int = Field(default=4, ge=1)
+    preprocess_cpus: float = Field(default=0.5, gt=0)
+    scorer_cpus: float = Field(default=0.5, gt=0)
+    scorer_gpus: float = Field(default=0.0, ge=0)
+
+
+class GraphCache:
+    """Graphs by ``name:version``, built on first use; the least recently used go past ``capacity``."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self._repository = ModelRepository(config.models_dir)
+        self._spec = GraphSpec(model="unused", top_k=config.top_k)
+        self._capacity = config.max_cached_versions
+        self._graphs: collections.OrderedDict[str, tuple[Graph, Stage, Stage]] = collections.OrderedDict()
+
+    def get(self, model_ref: str, device: str = "cpu") -> tuple[Graph, Stage, Stage]:
+        if model_ref not in self._graphs:
+            graph = build_graph(self._spec.model_copy(update={"model": model_ref}), self._repository)
+            graph = graph.on_device(device)
+            self._graphs[model_ref] = (graph, Stage(graph.preprocess), Stage(graph.inference))
+            while len(self._graphs) > self._capacity:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(model_ref)
+        return self._graphs[model_ref]
+
+
+@serve.deployment
+class Preprocessor:
+    """Encoded images -> uint8 pixels ``(N, H, W, C)`` and a per-image error (or None)."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self._graphs = GraphCache(config)
+
+    def __call__(self, model_ref: str, images: list[bytes]) -> tuple[np.ndarray, list[str | None]]:
+        _, preprocess, _ = self._graphs.get(model_ref)
+        ids = object_array([str(i) for i in range(len(images))])
+        out = preprocess({"id": ids, "bytes": object_array(list(images))})
+        return out["pixels"], list(out[ERROR])
+
+
+@serve.deployment
+class Scorer:
+    """Pixels -> prediction tables; concurrent requests are scored together, grouped by model version."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self._graphs = GraphCache(config)
+        self._device = "cuda" if config.scorer_gpus > 0 else "cpu"
+        # Ray's stubs for @serve.batch know one-argument methods only, hence the ignores below.
+        self.score.set_max_batch_size(config.max_batch_size)  # type: ignore[misc, attr-defined]
+        self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[misc, attr-defined]
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # type: ignore[arg-type]
+    async def score(self, model_refs: list[str], pixels: list[np.ndarray]) -> list[pa.Table]:  # type: ignore[misc]
+        results: list[pa.Table | None] = [None] * len(model_refs)
+        for ref in dict.fromkeys(model_refs):
+            members = [i for i, r in enumerate(model_refs) if r == ref]
+            table = await asyncio.to_thread(self._run, ref, np.concatenate([pixels[i] for i in members]))
+            offset = 0
+            for i in members:
+                results[i] = table.slice(offset, len(pixels[i]))
+                offset += len(pixels[i])
+        return [t for t in results if t is not None]
+
+    def _run(self, model_ref: str, pixels: np.ndarray) -> pa.Table:
+        graph, _, inference = self._graphs.get(model_ref, self._device)
+        n = len(pixels)
+        batch = {"id": object_array([str(i) for i in range(n)]), "pixels": pixels, ERROR: np.full(n, None, object)}
+        return predictions_table(inference(batch), graph.model)
+
+
+def build_app(config: ServeConfig) -> Any:
+    """The application graph: gateway -> preprocessor, scorer (bind only; ``serve.run`` deploys it)."""
+    from pipeline.serving.gateway import Gateway
+
+    preprocessor = Preprocessor.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": config.preprocess_cpus}
+    ).bind(config)
+    scorer = Scorer.options(  # type: ignore[attr-defined]
+        ray_actor_options={"num_cpus": config.scorer_cpus, "num_gpus": config.scorer_gpus},
+        max_ongoing_requests=config.max_ongoing_requests,
+    ).bind(config)
+    return Gateway.options(max_ongoing_requests=config.max_ongoing_requests).bind(  # type: ignore[attr-defined]
+        config, preprocessor, scorer
+    )
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """For ``serve run pipeline.serving.app:app_builder models_dir=models`` and Serve config files."""
+    return build_app(ServeConfig(**args))

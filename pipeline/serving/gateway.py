@@ -1,0 +1,134 @@
+"""The HTTP gateway: Open Inference Protocol (V2) routes and ``/predict`` for people, with clear 4xx errors.
+
+Every scoring response names the version that served it, in the body and in ``X-Model-Version``. Bodies over
+``max_request_bytes`` are refused with 413 from ``Content-Length`` or while streaming, never read whole.
+"""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from pipeline.errors import StreamScoreError
+from pipeline.models import ModelRepository, check_id
+from pipeline.serving import v2
+from pipeline.serving.app import ServeConfig
+
+http = FastAPI(title="StreamScore")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@http.exception_handler(HttpError)
+async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+@serve.deployment
+@serve.ingress(http)
+class Gateway:
+    def __init__(self, config: ServeConfig, preprocessor: Any, scorer: Any) -> None:
+        self._config = config
+        self._repository = ModelRepository(config.models_dir)
+        self._preprocessor = preprocessor
+        self._scorer = scorer
+
+    # ------------------------------------------------------------------ health and metadata
+    @http.get("/v2/health/live")
+    def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @http.get("/v2/health/ready")
+    def ready(self) -> dict[str, bool]:
+        return {"ready": True}
+
+    @http.get("/v2/models/{name}")
+    @http.get("/v2/models/{name}/versions/{version}")
+    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        resolved = self._resolve(name, version)
+        versions = [resolved] if version else self._repository.versions(name)
+        return v2.model_metadata(name, versions, self._config.top_k)
+
+    @http.get("/v2/models/{name}/ready")
+    @http.get("/v2/models/{name}/versions/{version}/ready")
+    def model_ready(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return {"name": name, "version": self._resolve(name, version), "ready": True}
+
+    # ------------------------------------------------------------------ scoring
+    @http.post("/v2/models/{name}/infer")
+    @http.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
+        resolved = self._resolve(name, version)
+        body = await self._read_body(request)
+        header_length = request.headers.get("inference-header-content-length")
+        try:
+            parsed = v2.parse_infer_request(body, int(header_length) if header_length else None)
+        except (v2.BadRequest, ValueError) as exc:
+            raise HttpError(400, str(exc)) from None
+        table = await self._score(name, resolved, parsed.images)
+        return self._answer(v2.infer_response(table, parsed.request_id), resolved)
+
+    @http.post("/predict/{name}")
+    async def predict(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
+        """A raw image body, or a multipart upload of one or more files; JSON with label, score and top-k."""
+        resolved = self._resolve(name, version)
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            self._check_declared_length(request)
+            form = await request.form(max_part_size=self._config.max_request_bytes)
+            files = [(str(getattr(f, "filename", "") or key), await f.read()) for key, f in form.multi_items()
+                     if hasattr(f, "read")]  # fmt: skip
+            if not files:
+                raise HttpError(400, "multipart upload holds no files")
+        else:
+            files = [("image", await self._read_body(request))]
+        table = await self._score(name, resolved, [data for _, data in files])
+        rows = table.to_pylist()
+        predictions = [
+            {"file": filename, "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
+            for (filename, _), r in zip(files, rows, strict=True)
+        ]
+        return self._answer({"model": name, "model_version": resolved, "predictions": predictions}, resolved)
+
+    # ------------------------------------------------------------------ helpers
+    def _resolve(self, name: str, version: str | None) -> str:
+        try:
+            check_id("name", name)
+            if version is not None:
+                check_id("version", version)
+            return self._repository.resolve_version(name, version)
+        except StreamScoreError as exc:
+            raise HttpError(404, str(exc)) from None
+
+    def _check_declared_length(self, request: Request) -> None:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > self._config.max_request_bytes:
+            raise HttpError(413, f"request body of {declared} bytes is over the {self._config.max_request_bytes} limit")
+
+    async def _read_body(self, request: Request) -> bytes:
+        self._check_declared_length(request)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self._config.max_request_bytes:
+                raise HttpError(413, f"request body is over the {self._config.max_request_bytes}-byte limit")
+            chunks.append(chunk)
+        if not size:
+            raise HttpError(400, "empty request body: send an image")
+        return b"".join(chunks)
+
+    async def _score(self, name: str, version: str, images: list[bytes]) -> Any:
+        ref = f"{name}:{version}"
+        pixels, errors = await self._preprocessor.remote(ref, images)
+        bad = [f"image {i}: {e}" for i, e in enumerate(errors) if e is not None]
+        if bad:
+            raise HttpError(400, "; ".join(bad))
+        return await self._scorer.score.remote(ref, pixels)
+
+    @staticmethod
+    def _answer(body: dict[str, Any], version: str) -> JSONResponse:
+        return JSONResponse(body, headers={"X-Model-Version": version})

@@ -1,0 +1,157 @@
+"""The Serve app on 127.0.0.1 in the session's Ray instance: real HTTP, a standard V2 client, parity with batch."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import socket
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.graph import build_graph
+from pipeline.spec import GraphSpec
+
+pytestmark = pytest.mark.slow
+MODEL = "efficientnet-lite0"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    from ray import serve
+
+    from pipeline.serving.app import ServeConfig, build_app
+    from tests.conftest import MODELS_DIR
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    config = ServeConfig(
+        models_dir=str(MODELS_DIR), max_request_bytes=3_000_000, preprocess_cpus=0.25, scorer_cpus=0.25
+    )
+    serve.run(build_app(config), name="streamscore", route_prefix="/")
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()  # frees the replicas' CPUs for the batch tests that follow
+
+
+def _request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict]:
+    """(status, headers (case-insensitive), JSON body)."""
+    request = urllib.request.Request(
+        url, data=body, headers=headers or {}, method="POST" if body is not None else "GET"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, json.loads(error.read())
+
+
+def test_health_and_metadata(server: str) -> None:
+    assert _request(f"{server}/v2/health/live")[2] == {"live": True}
+    assert _request(f"{server}/v2/health/ready")[2] == {"ready": True}
+    status, _, meta = _request(f"{server}/v2/models/{MODEL}")
+    assert status == 200 and meta["name"] == MODEL and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert _request(f"{server}/v2/models/{MODEL}/versions/1/ready")[2]["ready"] is True
+    status, _, body = _request(f"{server}/v2/models/no-such-model")
+    assert status == 404 and "no model 'no-such-model'" in body["error"]
+    assert _request(f"{server}/v2/models/{MODEL}/versions/9/ready")[0] == 404
+
+
+def test_predict_matches_the_batch_graph(server: str, repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    status, headers, body = _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])
+    assert status == 200 and headers.get("X-Model-Version") == "1" and body["model_version"] == "1", body
+    (prediction,) = body["predictions"]
+    reference = build_graph(GraphSpec(model=MODEL), repository).run([photo_jpegs["coffee"]]).to_pylist()[0]
+    assert prediction["label"] == reference["label"] == "espresso"
+    np.testing.assert_allclose(
+        [t["score"] for t in prediction["top_k"]], [t["score"] for t in reference["top_k"]], atol=1e-5
+    )
+
+
+def test_multipart_upload_of_several_files(server: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    boundary = uuid.uuid4().hex
+    parts = b""
+    for name in ("coffee", "chelsea"):
+        parts += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + photo_jpegs[name]
+            + b"\r\n"
+        )
+    parts += f"--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    status, _, body = _request(f"{server}/predict/{MODEL}", parts, headers)
+    assert status == 200, body
+    assert [p["file"] for p in body["predictions"]] == ["coffee.jpg", "chelsea.jpg"]
+    assert body["predictions"][0]["label"] == "espresso"
+    assert {"tabby", "tiger cat", "Egyptian cat"} & {t["label"] for t in body["predictions"][1]["top_k"]}
+
+
+def test_v2_infer_with_json_and_with_the_standard_client(server: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    request = {
+        "id": "r1",
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "data": [base64.b64encode(photo_jpegs["coffee"]).decode()],
+            }
+        ],
+    }
+    status, headers, body = _request(f"{server}/v2/models/{MODEL}/infer", json.dumps(request).encode())
+    assert status == 200 and body["id"] == "r1" and headers.get("X-Model-Version") == "1"
+    labels = {o["name"]: o for o in body["outputs"]}["label"]
+    assert labels["shape"] == [1, 5] and labels["data"][0] == "espresso"
+
+    tritonclient = pytest.importorskip("tritonclient.http")
+    client = tritonclient.InferenceServerClient(server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_model_ready(MODEL)
+    images = np.array([photo_jpegs["coffee"], photo_jpegs["chelsea"]], dtype=object)
+    inputs = [tritonclient.InferInput("image", [2], "BYTES")]
+    inputs[0].set_data_from_numpy(images, binary_data=True)
+    result = client.infer(MODEL, inputs, model_version="1")
+    assert result.as_numpy("label")[0][0] in (b"espresso", "espresso")
+    assert result.as_numpy("score").shape == (2, 5)
+
+
+def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    status, _, body = _request(f"{server}/predict/{MODEL}", b"this is not an image")
+    assert status == 400 and "not_an_image" in body["error"]
+    status, _, body = _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"][:2000])
+    assert status == 400 and "truncated" in body["error"]
+    status, _, body = _request(f"{server}/predict/{MODEL}", b"x" * 3_500_000)
+    assert status == 413
+    status, _, body = _request(f"{server}/v2/models/{MODEL}/infer", b"{not json")
+    assert status == 400 and "JSON" in body["error"]
+    status, _, body = _request(f"{server}/predict/no-such-model", photo_jpegs["coffee"])
+    assert status == 404
+    # The replicas survived all of that.
+    assert _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
+
+
+def test_concurrent_requests_all_succeed(server: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    images = list(photo_jpegs.values()) * 8
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda data: _request(f"{server}/predict/{MODEL}", data), images))
+    assert [status for status, _, _ in results] == [200] * len(images)
+    coffee = [
+        body["predictions"][0]["label"]
+        for (_, _, body), data in zip(results, images, strict=True)
+        if data == photo_jpegs["coffee"]
+    ]
+    assert coffee == ["espresso"] * 8
