@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobs import batch_score
+from jobs import batch_score, serve
 from pipeline.errors import StreamScoreError
 
 
@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="score images into a Parquet dataset (Ray Data)")
     batch_score.add_arguments(score)
     score.set_defaults(handler=batch_score.run)
+
+    serving = commands.add_parser("serve", help="serve every model of the repository over HTTP (Ray Serve)")
+    serve.add_arguments(serving)
+    serving.set_defaults(handler=serve.run)
 
     models = commands.add_parser("models", help="the model repository").add_subparsers(
         dest="models_command", required=True

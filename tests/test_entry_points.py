@@ -367,3 +367,49 @@ def test_ray_job_api_refuses_clients_without_the_token(ray_head: RayHead) -> Non
     assert _http_status(f"{ray_head.address}/api/jobs/") == 401
     assert _http_status(f"{ray_head.address}/api/jobs/", "0" * 64) == 403
     assert _http_status(f"{ray_head.address}/api/jobs/", ray_head.token) == 200
+
+
+# --- streamscore serve ------------------------------------------------------------------------------------
+
+
+def test_streamscore_serve_answers_http_until_interrupted(tmp_path: Path) -> None:
+    """`streamscore serve` starts its own Ray and Serve app, answers /predict, and stops cleanly on Ctrl-C."""
+    ray_tmpdir = _short_tmp_dir("ss-serve-")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jobs.cli", "serve", "--models-dir", str(MODELS_DIR), "--port", str(port)],
+        cwd=REPO,
+        env=_env(RAY_TMPDIR=str(ray_tmpdir)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as response:
+                return json.loads(response.read()) == {"ready": True}
+        except (OSError, ValueError):
+            return server.poll() is not None  # stop waiting if it died; asserted below
+
+    try:
+        wait_for(ready, timeout_s=120, interval_s=0.5)
+        assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+        request = urllib.request.Request(f"{base}/predict/{MODEL}", data=(DEMO_IMAGES / "coffee.jpg").read_bytes())
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+            assert response.headers.get("X-Model-Version") == "1"
+        assert body["predictions"][0]["label"] == "espresso"
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]

@@ -70,7 +70,7 @@ class Gateway:
             parsed = v2.parse_infer_request(body, int(header_length) if header_length else None)
         except (v2.BadRequest, ValueError) as exc:
             raise HttpError(400, str(exc)) from None
-        table = await self._score(name, resolved, parsed.images)
+        table = await self._score(name, resolved, parsed.images, [f"image {i}" for i in range(len(parsed.images))])
         return self._answer(v2.infer_response(table, parsed.request_id), resolved)
 
     @http.post("/predict/{name}")
@@ -86,7 +86,7 @@ class Gateway:
                 raise HttpError(400, "multipart upload holds no files")
         else:
             files = [("image", await self._read_body(request))]
-        table = await self._score(name, resolved, [data for _, data in files])
+        table = await self._score(name, resolved, [data for _, data in files], [filename for filename, _ in files])
         rows = table.to_pylist()
         predictions = [
             {"file": filename, "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
@@ -121,10 +121,11 @@ class Gateway:
             raise HttpError(400, "empty request body: send an image")
         return b"".join(chunks)
 
-    async def _score(self, name: str, version: str, images: list[bytes]) -> Any:
+    async def _score(self, name: str, version: str, images: list[bytes], labels: list[str]) -> Any:
+        """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
         ref = f"{name}:{version}"
         pixels, errors = await self._preprocessor.remote(ref, images)
-        bad = [f"image {i}: {e}" for i, e in enumerate(errors) if e is not None]
+        bad = [f"{label}: {e}" for label, e in zip(labels, errors, strict=True) if e is not None]
         if bad:
             raise HttpError(400, "; ".join(bad))
         return await self._scorer.score.remote(ref, pixels)
