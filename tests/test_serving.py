@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import json
+import shutil
 import socket
 import urllib.error
 import urllib.request
@@ -29,16 +30,31 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app over a repository with EfficientNet-Lite0 and three versions of digits (same weights), with
+    a routing policy for digits: 80/20 between versions 1 and 2, version 3 at weight 0, X-Region: cn -> 2."""
     from ray import serve
 
     from pipeline.serving.app import ServeConfig, build_app
     from tests.conftest import MODELS_DIR
 
+    root = tmp_path_factory.mktemp("repository")
+    shutil.copytree(MODELS_DIR / MODEL, root / MODEL)
+    for version in ("1", "2", "3"):
+        shutil.copytree(MODELS_DIR / "digits" / "1", root / "digits" / version)
+        manifest = json.loads((root / "digits" / version / "manifest.json").read_text())
+        (root / "digits" / version / "manifest.json").write_text(json.dumps(manifest | {"version": version}))
+    routing = {
+        "digits": {
+            "weights": {"1": 80, "2": 20, "3": 0},
+            "rules": [{"header": "X-Region", "equals": "cn", "version": "2"}],
+            "sticky_header": "X-User",
+        }
+    }
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServeConfig(
-        models_dir=str(MODELS_DIR), max_request_bytes=3_000_000, preprocess_cpus=0.25, scorer_cpus=0.25
+        models_dir=str(root), max_request_bytes=3_000_000, preprocess_cpus=0.25, scorer_cpus=0.25, routing=routing
     )
     serve.run(build_app(config), name="streamscore", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -155,3 +171,24 @@ def test_concurrent_requests_all_succeed(server: str, photo_jpegs) -> None:  # t
         if data == photo_jpegs["coffee"]
     ]
     assert coffee == ["espresso"] * 8
+
+
+def test_routing_weights_rules_sticky_and_explicit_versions(server: str, digit_files) -> None:  # type: ignore[no-untyped-def]
+    image = digit_files[0][0].read_bytes()
+
+    def version(path: str = "/predict/digits", headers: dict[str, str] | None = None) -> str:
+        status, response_headers, body = _request(f"{server}{path}", image, headers)
+        assert status == 200, body
+        assert response_headers.get("X-Model-Version") == body["model_version"]
+        return body["model_version"]
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        split = list(pool.map(lambda _: version(), range(300)))
+    share = split.count("1") / len(split)
+    # 80% expected; 4 standard deviations of a binomial(300, 0.8) is 0.092.
+    assert abs(share - 0.8) < 0.092, share
+    assert split.count("3") == 0 and split.count("1") + split.count("2") == 300
+    assert {version(headers={"X-Region": "cn"}) for _ in range(20)} == {"2"}
+    assert version("/predict/digits?version=3") == "3"  # an explicit version always wins
+    for user in ("ana", "bo", "chen"):
+        assert len({version(headers={"X-User": user}) for _ in range(8)}) == 1

@@ -21,6 +21,7 @@ from operators.base import ERROR, object_array
 from pipeline.graph import Graph, Stage, build_graph
 from pipeline.models import ModelRepository
 from pipeline.output import predictions_table
+from pipeline.serving.routing import RoutingPolicy
 from pipeline.spec import GraphSpec
 
 
@@ -40,6 +41,8 @@ class ServeConfig(BaseModel):
     preprocess_cpus: float = Field(default=0.5, gt=0)
     scorer_cpus: float = Field(default=0.5, gt=0)
     scorer_gpus: float = Field(default=0.0, ge=0)
+    # Per model; models without a policy get their latest version.
+    routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
 
 
 class GraphCache:

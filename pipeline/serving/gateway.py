@@ -4,13 +4,14 @@ Every scoring response names the version that served it, in the body and in ``X-
 ``max_request_bytes`` are refused with 413 from ``Content-Length`` or while streaming, never read whole.
 """
 
+import random
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from pipeline.errors import StreamScoreError
+from pipeline.errors import ConfigError, StreamScoreError
 from pipeline.models import ModelRepository, check_id
 from pipeline.serving import v2
 from pipeline.serving.app import ServeConfig
@@ -37,6 +38,11 @@ class Gateway:
         self._repository = ModelRepository(config.models_dir)
         self._preprocessor = preprocessor
         self._scorer = scorer
+        self._rng = random.Random()
+        for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
+            missing = policy.versions() - set(self._repository.versions(model))
+            if missing:
+                raise ConfigError(f"routing for {model!r} names versions {sorted(missing)} not in the repository")
 
     # ------------------------------------------------------------------ health and metadata
     @http.get("/v2/health/live")
@@ -63,7 +69,7 @@ class Gateway:
     @http.post("/v2/models/{name}/infer")
     @http.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
-        resolved = self._resolve(name, version)
+        resolved = self._route(name, version, request)
         body = await self._read_body(request)
         header_length = request.headers.get("inference-header-content-length")
         try:
@@ -76,7 +82,7 @@ class Gateway:
     @http.post("/predict/{name}")
     async def predict(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
         """A raw image body, or a multipart upload of one or more files; JSON with label, score and top-k."""
-        resolved = self._resolve(name, version)
+        resolved = self._route(name, version, request)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             self._check_declared_length(request)
             form = await request.form(max_part_size=self._config.max_request_bytes)
@@ -95,6 +101,13 @@ class Gateway:
         return self._answer({"model": name, "model_version": resolved, "predictions": predictions}, resolved)
 
     # ------------------------------------------------------------------ helpers
+    def _route(self, name: str, version: str | None, request: Request) -> str:
+        """An explicit version always wins; otherwise the model's routing policy picks (latest if none)."""
+        policy = self._config.routing.get(name)
+        if version is None and policy is not None:
+            version = policy.choose(request.headers, self._rng)
+        return self._resolve(name, version)
+
     def _resolve(self, name: str, version: str | None) -> str:
         try:
             check_id("name", name)
