@@ -192,3 +192,28 @@ def test_routing_weights_rules_sticky_and_explicit_versions(server: str, digit_f
     assert version("/predict/digits?version=3") == "3"  # an explicit version always wins
     for user in ("ana", "bo", "chen"):
         assert len({version(headers={"X-User": user}) for _ in range(8)}) == 1
+
+
+def test_metrics_count_requests_errors_latency_and_batches(server: str) -> None:
+    """Runs after the tests above (module order), so it sees their traffic."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{server}/metrics", timeout=30) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+
+    def value(family: str, suffix: str = "", **labels: str) -> float:
+        return sum(
+            s.value
+            for s in families[family].samples
+            if s.name == family + suffix and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    ok = value("streamscore_requests", "_total", model=MODEL, version="1", endpoint="predict", status="200")
+    assert ok >= 30  # the concurrency test alone sent 32
+    assert value("streamscore_requests", "_total", model=MODEL, status="400") >= 2
+    assert value("streamscore_requests", "_total", model=MODEL, status="413") >= 1
+    assert value("streamscore_requests", "_total", model="no-such-model", status="404") >= 1
+    assert value("streamscore_requests", "_total", model="digits", version="3") >= 1
+    assert value("streamscore_request_latency_seconds", "_count", model=MODEL, version="1") >= ok
+    assert value("streamscore_batch_requests", "_count", model=MODEL, version="1") >= ok
+    assert value("streamscore_images", "_total", model=MODEL, version="1") >= ok

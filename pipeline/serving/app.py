@@ -91,7 +91,8 @@ class Scorer:
         self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[misc, attr-defined]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # type: ignore[arg-type]
-    async def score(self, model_refs: list[str], pixels: list[np.ndarray]) -> list[pa.Table]:  # type: ignore[misc]
+    async def score(self, model_refs: list[str], pixels: list[np.ndarray]) -> list[tuple[pa.Table, int]]:  # type: ignore[misc]
+        """Each request gets its rows of the prediction table and how many requests shared its batch."""
         results: list[pa.Table | None] = [None] * len(model_refs)
         for ref in dict.fromkeys(model_refs):
             members = [i for i, r in enumerate(model_refs) if r == ref]
@@ -100,7 +101,7 @@ class Scorer:
             for i in members:
                 results[i] = table.slice(offset, len(pixels[i]))
                 offset += len(pixels[i])
-        return [t for t in results if t is not None]
+        return [(t, len(model_refs)) for t in results if t is not None]
 
     def _run(self, model_ref: str, pixels: np.ndarray) -> pa.Table:
         graph, _, inference = self._graphs.get(model_ref, self._device)

@@ -5,16 +5,18 @@ Every scoring response names the version that served it, in the body and in ``X-
 """
 
 import random
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from pipeline.errors import ConfigError, StreamScoreError
 from pipeline.models import ModelRepository, check_id
 from pipeline.serving import v2
 from pipeline.serving.app import ServeConfig
+from pipeline.serving.metrics import GatewayMetrics
 
 http = FastAPI(title="StreamScore")
 
@@ -39,6 +41,7 @@ class Gateway:
         self._preprocessor = preprocessor
         self._scorer = scorer
         self._rng = random.Random()
+        self._metrics = GatewayMetrics()
         for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
             missing = policy.versions() - set(self._repository.versions(model))
             if missing:
@@ -65,11 +68,17 @@ class Gateway:
     def model_ready(self, name: str, version: str | None = None) -> dict[str, Any]:
         return {"name": name, "version": self._resolve(name, version), "ready": True}
 
+    @http.get("/metrics")
+    def metrics(self) -> Response:
+        return Response(self._metrics.render(), media_type="text/plain; version=0.0.4")
+
     # ------------------------------------------------------------------ scoring
     @http.post("/v2/models/{name}/infer")
     @http.post("/v2/models/{name}/versions/{version}/infer")
     async def infer(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
-        resolved = self._route(name, version, request)
+        return await self._observed("infer", name, version, request, self._infer)
+
+    async def _infer(self, name: str, resolved: str, request: Request) -> JSONResponse:
         body = await self._read_body(request)
         header_length = request.headers.get("inference-header-content-length")
         try:
@@ -82,7 +91,9 @@ class Gateway:
     @http.post("/predict/{name}")
     async def predict(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
         """A raw image body, or a multipart upload of one or more files; JSON with label, score and top-k."""
-        resolved = self._route(name, version, request)
+        return await self._observed("predict", name, version, request, self._predict)
+
+    async def _predict(self, name: str, resolved: str, request: Request) -> JSONResponse:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             self._check_declared_length(request)
             form = await request.form(max_part_size=self._config.max_request_bytes)
@@ -101,6 +112,20 @@ class Gateway:
         return self._answer({"model": name, "model_version": resolved, "predictions": predictions}, resolved)
 
     # ------------------------------------------------------------------ helpers
+    async def _observed(self, endpoint: str, name: str, version: str | None, request: Request, handler: Any) -> Any:
+        """Route, run ``handler(name, resolved_version, request)`` and record the outcome and latency."""
+        start, resolved, status = time.perf_counter(), "none", 500
+        try:
+            resolved = self._route(name, version, request)
+            response = await handler(name, resolved, request)
+            status = response.status_code
+            return response
+        except HttpError as exc:
+            status = exc.status
+            raise
+        finally:
+            self._metrics.observe(name, resolved, endpoint, status, time.perf_counter() - start)
+
     def _route(self, name: str, version: str | None, request: Request) -> str:
         """An explicit version always wins; otherwise the model's routing policy picks (latest if none)."""
         policy = self._config.routing.get(name)
@@ -141,7 +166,10 @@ class Gateway:
         bad = [f"{label}: {e}" for label, e in zip(labels, errors, strict=True) if e is not None]
         if bad:
             raise HttpError(400, "; ".join(bad))
-        return await self._scorer.score.remote(ref, pixels)
+        table, batch_requests = await self._scorer.score.remote(ref, pixels)
+        self._metrics.images.labels(name, version).inc(len(images))
+        self._metrics.batch_size.labels(name, version).observe(batch_requests)
+        return table
 
     @staticmethod
     def _answer(body: dict[str, Any], version: str) -> JSONResponse:
