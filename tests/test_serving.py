@@ -156,6 +156,10 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     assert status == 400 and "JSON" in body["error"]
     status, _, body = _request(f"{server}/predict/no-such-model", photo_jpegs["coffee"])
     assert status == 404
+    status, _, body = _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"], {"X-Request-Timeout-S": "0.000001"})
+    assert status == 504 and "not scored within" in body["error"]
+    status, _, body = _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"], {"X-Request-Timeout-S": "soon"})
+    assert status == 400 and "X-Request-Timeout-S" in body["error"]
     # The replicas survived all of that.
     assert _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
 

@@ -37,6 +37,10 @@ class ServeConfig(BaseModel):
     # Large enough that @serve.batch can fill a batch from concurrent requests.
     max_ongoing_requests: int = Field(default=64, ge=1)
     max_request_bytes: int = Field(default=20_000_000, ge=1)
+    # Past this many waiting requests a deployment refuses more (503 + Retry-After), instead of queueing
+    # without bound; each request may also take at most request_timeout_s (504).
+    max_queued_requests: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=30.0, gt=0)
     max_cached_versions: int = Field(default=4, ge=1)
     preprocess_cpus: float = Field(default=0.5, gt=0)
     scorer_cpus: float = Field(default=0.5, gt=0)
@@ -115,11 +119,12 @@ def build_app(config: ServeConfig) -> Any:
     from pipeline.serving.gateway import Gateway
 
     preprocessor = Preprocessor.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": config.preprocess_cpus}
+        ray_actor_options={"num_cpus": config.preprocess_cpus}, max_queued_requests=config.max_queued_requests
     ).bind(config)
     scorer = Scorer.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": config.scorer_cpus, "num_gpus": config.scorer_gpus},
         max_ongoing_requests=config.max_ongoing_requests,
+        max_queued_requests=config.max_queued_requests,
     ).bind(config)
     return Gateway.options(max_ongoing_requests=config.max_ongoing_requests).bind(  # type: ignore[attr-defined]
         config, preprocessor, scorer

@@ -4,6 +4,7 @@ Every scoring response names the version that served it, in the body and in ``X-
 ``max_request_bytes`` are refused with 413 from ``Content-Length`` or while streaming, never read whole.
 """
 
+import asyncio
 import random
 import time
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from pipeline.errors import ConfigError, StreamScoreError
 from pipeline.models import ModelRepository, check_id
@@ -85,7 +87,8 @@ class Gateway:
             parsed = v2.parse_infer_request(body, int(header_length) if header_length else None)
         except (v2.BadRequest, ValueError) as exc:
             raise HttpError(400, str(exc)) from None
-        table = await self._score(name, resolved, parsed.images, [f"image {i}" for i in range(len(parsed.images))])
+        labels = [f"image {i}" for i in range(len(parsed.images))]
+        table = await self._score(name, resolved, parsed.images, labels, request)
         return self._answer(v2.infer_response(table, parsed.request_id), resolved)
 
     @http.post("/predict/{name}")
@@ -103,7 +106,7 @@ class Gateway:
                 raise HttpError(400, "multipart upload holds no files")
         else:
             files = [("image", await self._read_body(request))]
-        table = await self._score(name, resolved, [data for _, data in files], [filename for filename, _ in files])
+        table = await self._score(name, resolved, [data for _, data in files], [f for f, _ in files], request)
         rows = table.to_pylist()
         predictions = [
             {"file": filename, "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
@@ -159,7 +162,24 @@ class Gateway:
             raise HttpError(400, "empty request body: send an image")
         return b"".join(chunks)
 
-    async def _score(self, name: str, version: str, images: list[bytes], labels: list[str]) -> Any:
+    async def _score(self, name: str, version: str, images: list[bytes], labels: list[str], request: Request) -> Any:
+        """Preprocess and score within the request's time limit: the config's ``request_timeout_s``, or less
+        when the client asks with ``X-Request-Timeout-S``. Full queues answer 503 with ``Retry-After``."""
+        timeout = self._config.request_timeout_s
+        asked = request.headers.get("x-request-timeout-s")
+        if asked:
+            try:
+                timeout = min(timeout, float(asked))
+            except ValueError:
+                raise HttpError(400, f"X-Request-Timeout-S must be a number of seconds, got {asked!r}") from None
+        try:
+            return await asyncio.wait_for(self._score_now(name, version, images, labels), timeout)
+        except TimeoutError:
+            raise HttpError(504, f"not scored within {timeout:g} s") from None
+        except BackPressureError:
+            raise HttpError(503, "the scoring queues are full; retry shortly", {"Retry-After": "1"}) from None
+
+    async def _score_now(self, name: str, version: str, images: list[bytes], labels: list[str]) -> Any:
         """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
         ref = f"{name}:{version}"
         pixels, errors = await self._preprocessor.remote(ref, images)
