@@ -21,6 +21,7 @@ from pipeline.spec import GraphSpec
 
 pytestmark = pytest.mark.slow
 MODEL = "efficientnet-lite0"
+ADMIN_TOKEN = "test-admin-token"
 
 
 def _free_port() -> int:
@@ -40,10 +41,11 @@ def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
 
     root = tmp_path_factory.mktemp("repository")
     shutil.copytree(MODELS_DIR / MODEL, root / MODEL)
-    for version in ("1", "2", "3"):
+    for version in ("1", "2", "3", "4"):
         shutil.copytree(MODELS_DIR / "digits" / "1", root / "digits" / version)
         manifest = json.loads((root / "digits" / version / "manifest.json").read_text())
         (root / "digits" / version / "manifest.json").write_text(json.dumps(manifest | {"version": version}))
+    (root / "digits" / "4" / "model.onnx").write_bytes(b"a broken upload, not an ONNX model")
     routing = {
         "digits": {
             "weights": {"1": 80, "2": 20, "3": 0},
@@ -54,18 +56,24 @@ def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServeConfig(
-        models_dir=str(root), max_request_bytes=3_000_000, preprocess_cpus=0.25, scorer_cpus=0.25, routing=routing
+        models_dir=str(root),
+        max_request_bytes=3_000_000,
+        preprocess_cpus=0.25,
+        scorer_cpus=0.25,
+        routing=routing,
+        admin_token=ADMIN_TOKEN,
     )
     serve.run(build_app(config), name="streamscore", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # frees the replicas' CPUs for the batch tests that follow
 
 
-def _request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict]:
+def _request(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None, method: str | None = None
+) -> tuple[int, Any, dict]:
     """(status, headers (case-insensitive), JSON body)."""
-    request = urllib.request.Request(
-        url, data=body, headers=headers or {}, method="POST" if body is not None else "GET"
-    )
+    method = method or ("POST" if body is not None else "GET")
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.headers, json.loads(response.read())
@@ -221,3 +229,56 @@ def test_metrics_count_requests_errors_latency_and_batches(server: str) -> None:
     assert value("streamscore_request_latency_seconds", "_count", model=MODEL, version="1") >= ok
     assert value("streamscore_batch_requests", "_count", model=MODEL, version="1") >= ok
     assert value("streamscore_images", "_total", model=MODEL, version="1") >= ok
+
+
+def test_hot_updates_under_load_fail_no_request(server: str, digit_files) -> None:  # type: ignore[no-untyped-def]
+    """Add a version, shift weights, refuse a broken version, roll back and retire, all while 16 clients
+    keep scoring: every request succeeds, and the broken version never takes traffic."""
+    import threading
+
+    image = digit_files[0][0].read_bytes()
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def call(method: str, path: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        status, _, answer = _request(f"{server}{path}", data, headers if headers is not None else admin, method)
+        return status, answer
+
+    assert call("GET", "/admin/models/digits/routing", headers={})[0] == 401
+    assert call("GET", "/admin/models/digits/routing", headers={"Authorization": "Bearer wrong"})[0] == 401
+
+    stop, outcomes = threading.Event(), []
+
+    def client() -> None:
+        while not stop.is_set():
+            status, headers, body = _request(f"{server}/predict/digits", image)
+            outcomes.append((status, headers.get("X-Model-Version")))
+
+    clients = [threading.Thread(target=client) for _ in range(16)]
+    for thread in clients:
+        thread.start()
+    try:
+        assert call("POST", "/admin/models/digits/versions/3/load") == (
+            200, {"model": "digits", "version": "3", "state": "ready"}
+        )  # fmt: skip
+        assert call("PUT", "/admin/models/digits/routing", {"weights": {"1": 50, "3": 50}})[0] == 200
+        status, body = call("POST", "/admin/models/digits/versions/4/load")
+        assert status == 422 and body["state"] == "failed" and body["error"]
+        status, body = call("PUT", "/admin/models/digits/routing", {"weights": {"4": 100}})
+        assert status == 409 and "cannot take traffic" in body["error"]
+        status, body = call("GET", "/admin/models/digits/routing")
+        assert body["routing"]["weights"] == {"1": 50, "3": 50} and body["versions"]["4"]["state"] == "failed"
+        assert call("DELETE", "/admin/models/digits/versions/3")[0] == 409  # still routed to
+        assert call("PUT", "/admin/models/digits/routing", {"weights": {"1": 100}})[0] == 200  # roll back
+        assert call("DELETE", "/admin/models/digits/versions/3")[0] == 200
+        while len(outcomes) < 200:
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join()
+    assert [s for s, _ in outcomes if s != 200] == []
+    served = {v for _, v in outcomes}
+    assert "3" in served and "4" not in served and served <= {"1", "2", "3"}
+    assert _request(f"{server}/predict/digits?version=3", image)[0] == 404  # retired
+    assert _request(f"{server}/predict/digits?version=4", image)[0] == 404  # failed its check

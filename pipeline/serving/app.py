@@ -47,6 +47,8 @@ class ServeConfig(BaseModel):
     scorer_gpus: float = Field(default=0.0, ge=0)
     # Per model; models without a policy get their latest version.
     routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
+    # Admin API bearer token; STREAMSCORE_ADMIN_TOKEN in the gateway's environment wins. None: admin disabled.
+    admin_token: str | None = None
 
 
 class GraphCache:
@@ -107,6 +109,15 @@ class Scorer:
                 offset += len(pixels[i])
         return [(t, len(model_refs)) for t in results if t is not None]
 
+    def check(self, model_ref: str) -> None:
+        """Load ``model_ref`` and score a warm-up batch; raise unless every output is finite."""
+        graph, _, _ = self._graphs.get(model_ref, self._device)
+        spec = graph.model.manifest.input
+        warm_up = np.random.default_rng(0).integers(0, 256, (2, spec.height, spec.width, spec.channels), np.uint8)
+        scores = self._run(model_ref, warm_up).column("score").to_numpy(zero_copy_only=False)
+        if not np.isfinite(scores).all():
+            raise ValueError(f"{model_ref} gave non-finite scores on its warm-up batch")
+
     def _run(self, model_ref: str, pixels: np.ndarray) -> pa.Table:
         graph, _, inference = self._graphs.get(model_ref, self._device)
         n = len(pixels)
@@ -126,8 +137,11 @@ def build_app(config: ServeConfig) -> Any:
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
     ).bind(config)
+    from pipeline.serving.control import ControlPlane
+
+    control = ControlPlane.bind(config.routing)  # type: ignore[attr-defined]
     return Gateway.options(max_ongoing_requests=config.max_ongoing_requests).bind(  # type: ignore[attr-defined]
-        config, preprocessor, scorer
+        config, preprocessor, scorer, control
     )
 
 

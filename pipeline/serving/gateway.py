@@ -5,6 +5,8 @@ Every scoring response names the version that served it, in the body and in ``X-
 """
 
 import asyncio
+import hmac
+import os
 import random
 import time
 from typing import Any
@@ -19,6 +21,9 @@ from pipeline.models import ModelRepository, check_id
 from pipeline.serving import v2
 from pipeline.serving.app import ServeConfig
 from pipeline.serving.metrics import GatewayMetrics
+from pipeline.serving.routing import RoutingPolicy
+
+STATE_REFRESH_S = 0.5
 
 http = FastAPI(title="StreamScore")
 
@@ -37,13 +42,18 @@ async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
 @serve.deployment
 @serve.ingress(http)
 class Gateway:
-    def __init__(self, config: ServeConfig, preprocessor: Any, scorer: Any) -> None:
+    def __init__(self, config: ServeConfig, preprocessor: Any, scorer: Any, control: Any) -> None:
         self._config = config
         self._repository = ModelRepository(config.models_dir)
         self._preprocessor = preprocessor
         self._scorer = scorer
         self._rng = random.Random()
         self._metrics = GatewayMetrics()
+        self._control = control
+        self._admin_token = os.environ.get("STREAMSCORE_ADMIN_TOKEN") or config.admin_token
+        self._routing: dict[str, RoutingPolicy] = dict(config.routing)
+        self._states: dict[str, dict[str, Any]] = {}
+        self._state_time = 0.0
         for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
             missing = policy.versions() - set(self._repository.versions(model))
             if missing:
@@ -119,7 +129,7 @@ class Gateway:
         """Route, run ``handler(name, resolved_version, request)`` and record the outcome and latency."""
         start, resolved, status = time.perf_counter(), "none", 500
         try:
-            resolved = self._route(name, version, request)
+            resolved = await self._route(name, version, request)
             response = await handler(name, resolved, request)
             status = response.status_code
             return response
@@ -129,12 +139,86 @@ class Gateway:
         finally:
             self._metrics.observe(name, resolved, endpoint, status, time.perf_counter() - start)
 
-    def _route(self, name: str, version: str | None, request: Request) -> str:
+    async def _refresh(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._state_time > STATE_REFRESH_S:
+            _, self._routing, self._states = await self._control.snapshot.remote()
+            self._state_time = time.monotonic()
+
+    async def _route(self, name: str, version: str | None, request: Request) -> str:
         """An explicit version always wins; otherwise the model's routing policy picks (latest if none)."""
-        policy = self._config.routing.get(name)
+        await self._refresh()
+        policy = self._routing.get(name)
         if version is None and policy is not None:
             version = policy.choose(request.headers, self._rng)
-        return self._resolve(name, version)
+        resolved = self._resolve(name, version)
+        state = self._states.get(f"{name}:{resolved}", {"state": "ready"})
+        if state["state"] != "ready":
+            raise HttpError(404, f"version {resolved} of {name!r} is {state['state']}" + (
+                f": {state['error']}" if state.get("error") else ""))  # fmt: skip
+        return resolved
+
+    # ------------------------------------------------------------------ admin
+    def _authorize(self, request: Request) -> None:
+        if not self._admin_token:
+            raise HttpError(403, "admin API disabled: set STREAMSCORE_ADMIN_TOKEN or admin_token in the config")
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self._admin_token}".encode()):
+            raise HttpError(401, "admin API needs Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
+
+    @http.post("/admin/models/{name}/versions/{version}/load")
+    async def admin_load(self, name: str, version: str, request: Request) -> JSONResponse:
+        """Load and check a version (warm-up batch, finite outputs); only a passing version can take traffic."""
+        self._authorize(request)
+        self._resolve(name, version)
+        ref = f"{name}:{version}"
+        try:
+            await self._scorer.check.remote(ref)
+        except Exception as exc:  # noqa: BLE001 - any failure of the new version is reported, never served
+            message = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
+            await self._control.set_state.remote(ref, "failed", message)
+            await self._refresh(force=True)
+            self._metrics.requests.labels(name, version, "admin_load", "422").inc()
+            return JSONResponse({"model": name, "version": version, "state": "failed", "error": message}, 422)
+        await self._control.set_state.remote(ref, "ready")
+        await self._refresh(force=True)
+        return JSONResponse({"model": name, "version": version, "state": "ready"})
+
+    @http.delete("/admin/models/{name}/versions/{version}")
+    async def admin_retire(self, name: str, version: str, request: Request) -> JSONResponse:
+        self._authorize(request)
+        self._resolve(name, version)
+        try:
+            await self._control.retire.remote(name, version)
+        except ConfigError as exc:
+            raise HttpError(409, str(exc)) from None
+        await self._refresh(force=True)
+        return JSONResponse({"model": name, "version": version, "state": "retired"})
+
+    @http.get("/admin/models/{name}/routing")
+    async def admin_get_routing(self, name: str, request: Request) -> JSONResponse:
+        self._authorize(request)
+        await self._refresh(force=True)
+        policy = self._routing.get(name, RoutingPolicy())
+        states = {ref.split(":", 1)[1]: s for ref, s in self._states.items() if ref.split(":", 1)[0] == name}
+        return JSONResponse({"model": name, "routing": policy.model_dump(), "versions": states})
+
+    @http.put("/admin/models/{name}/routing")
+    async def admin_put_routing(self, name: str, request: Request) -> JSONResponse:
+        self._authorize(request)
+        self._resolve(name, None)
+        try:
+            policy = RoutingPolicy.model_validate_json(await self._read_body(request))
+        except ValueError as exc:
+            raise HttpError(400, f"bad routing policy: {exc}") from None
+        missing = policy.versions() - set(self._repository.versions(name))
+        if missing:
+            raise HttpError(404, f"routing names versions {sorted(missing)} that {name!r} does not have")
+        try:
+            await self._control.set_routing.remote(name, policy)
+        except ConfigError as exc:
+            raise HttpError(409, str(exc)) from None
+        await self._refresh(force=True)
+        return JSONResponse({"model": name, "routing": policy.model_dump()})
 
     def _resolve(self, name: str, version: str | None) -> str:
         try:
