@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobs import batch_score, serve
+from jobs import admin, batch_score, serve
 from pipeline.errors import StreamScoreError
 
 
@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     serving = commands.add_parser("serve", help="serve every model of the repository over HTTP (Ray Serve)")
     serve.add_arguments(serving)
     serving.set_defaults(handler=serve.run)
+
+    administer = commands.add_parser("admin", help="change a running Serve app: load, routing, retire")
+    admin.add_arguments(administer)
+    administer.set_defaults(handler=admin.run)
 
     models = commands.add_parser("models", help="the model repository").add_subparsers(
         dest="models_command", required=True

@@ -282,3 +282,16 @@ def test_hot_updates_under_load_fail_no_request(server: str, digit_files) -> Non
     assert "3" in served and "4" not in served and served <= {"1", "2", "3"}
     assert _request(f"{server}/predict/digits?version=3", image)[0] == 404  # retired
     assert _request(f"{server}/predict/digits?version=4", image)[0] == 404  # failed its check
+
+
+def test_admin_cli_wraps_the_api(server: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    from jobs.cli import main
+
+    assert main(["admin", "--url", server, "--token", ADMIN_TOKEN, "load", "digits", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "ready"
+    policy = '{"weights": {"1": 90, "2": 10}}'
+    assert main(["admin", "--url", server, "--token", ADMIN_TOKEN, "routing", "digits", "--set", policy]) == 0
+    capsys.readouterr()
+    assert main(["admin", "--url", server, "--token", ADMIN_TOKEN, "routing", "digits"]) == 0
+    assert json.loads(capsys.readouterr().out)["routing"]["weights"] == {"1": 90.0, "2": 10.0}
+    assert main(["admin", "--url", server, "--token", "wrong", "retire", "digits", "2"]) == 1

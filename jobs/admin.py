@@ -1,0 +1,66 @@
+"""``streamscore admin``: the Serve app's admin API from the command line (load, routing, retire).
+
+    streamscore admin load digits 2
+    streamscore admin routing digits --set '{"weights": {"1": 95, "2": 5}}'
+    streamscore admin retire digits 1
+
+The token comes from ``--token`` or ``STREAMSCORE_ADMIN_TOKEN``; the app from ``--url`` (default
+http://127.0.0.1:8000).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from pipeline.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the app (default: http://127.0.0.1:8000)")
+    parser.add_argument("--token", help="admin token (default: STREAMSCORE_ADMIN_TOKEN)")
+    actions = parser.add_subparsers(dest="admin_command", required=True)
+    load = actions.add_parser("load", help="load and check a version; it can take traffic once it passes")
+    retire = actions.add_parser("retire", help="retire a version that no routing sends traffic to")
+    for sub in (load, retire):
+        sub.add_argument("name")
+        sub.add_argument("version")
+    routing = actions.add_parser("routing", help="show a model's routing, or replace it with --set")
+    routing.add_argument("name")
+    routing.add_argument("--set", metavar="JSON", help='e.g. \'{"weights": {"1": 95, "2": 5}}\'')
+
+
+def call(url: str, token: str, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url.rstrip("/") + path, data=body, method=method, headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+    except urllib.error.URLError as error:
+        raise ConfigError(f"cannot reach {url}: {error.reason}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    token = args.token or os.environ.get("STREAMSCORE_ADMIN_TOKEN")
+    if not token:
+        raise ConfigError("give --token or set STREAMSCORE_ADMIN_TOKEN")
+    if args.admin_command == "load":
+        status, body = call(args.url, token, "POST", f"/admin/models/{args.name}/versions/{args.version}/load")
+    elif args.admin_command == "retire":
+        status, body = call(args.url, token, "DELETE", f"/admin/models/{args.name}/versions/{args.version}")
+    elif args.set:
+        status, body = call(args.url, token, "PUT", f"/admin/models/{args.name}/routing", args.set.encode())
+    else:
+        status, body = call(args.url, token, "GET", f"/admin/models/{args.name}/routing")
+    print(json.dumps(body, indent=2))
+    if status >= 400:
+        print(f"streamscore: admin call failed with HTTP {status}", file=sys.stderr)
+        return 1
+    return 0
