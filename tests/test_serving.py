@@ -62,6 +62,7 @@ def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
         scorer_cpus=0.25,
         routing=routing,
         admin_token=ADMIN_TOKEN,
+        preprocess_autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
     )
     serve.run(build_app(config), name="streamscore", route_prefix="/")
     yield f"http://127.0.0.1:{port}"
@@ -79,6 +80,21 @@ def _request(
             return response.status, response.headers, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, error.headers, json.loads(error.read())
+
+
+def test_autoscaling_settings_reach_serve(server: str) -> None:
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    deployments = serve.status().applications["streamscore"].deployments
+    assert set(deployments) == {"Gateway", "Preprocessor", "Scorer", "ControlPlane"}
+    assert all(d.status == "HEALTHY" for d in deployments.values())
+    # Serve's own record of the deployed config (no public API exposes it yet).
+    details = _get_global_client().get_serve_details()["applications"]["streamscore"]["deployments"]
+    autoscaling = details["Preprocessor"]["deployment_config"]["autoscaling_config"]
+    assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 2)
+    assert details["Scorer"]["deployment_config"].get("autoscaling_config") is None
+    assert details["Scorer"]["deployment_config"]["max_ongoing_requests"] == 64
 
 
 def test_health_and_metadata(server: str) -> None:
@@ -295,3 +311,8 @@ def test_admin_cli_wraps_the_api(server: str, capsys) -> None:  # type: ignore[n
     assert main(["admin", "--url", server, "--token", ADMIN_TOKEN, "routing", "digits"]) == 0
     assert json.loads(capsys.readouterr().out)["routing"]["weights"] == {"1": 90.0, "2": 10.0}
     assert main(["admin", "--url", server, "--token", "wrong", "retire", "digits", "2"]) == 1
+
+    with urllib.request.urlopen(f"{server}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    assert 'streamscore_version_checks_total{model="digits",outcome="failed",version="4"} 1.0' in text
+    assert 'streamscore_version_checks_total{model="digits",outcome="ok",version="2"} 1.0' in text

@@ -45,6 +45,10 @@ class ServeConfig(BaseModel):
     preprocess_cpus: float = Field(default=0.5, gt=0)
     scorer_cpus: float = Field(default=0.5, gt=0)
     scorer_gpus: float = Field(default=0.0, ge=0)
+    # Serve autoscaling_config dicts (min_replicas, max_replicas, target_ongoing_requests, ...) per deployment;
+    # None: one replica. Preprocessing and scoring scale apart, e.g. CPUs for decoding, GPUs for the model.
+    preprocess_autoscaling: dict[str, Any] | None = None
+    scorer_autoscaling: dict[str, Any] | None = None
     # Per model; models without a policy get their latest version.
     routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
     # Admin API bearer token; STREAMSCORE_ADMIN_TOKEN in the gateway's environment wins. None: admin disabled.
@@ -129,13 +133,19 @@ def build_app(config: ServeConfig) -> Any:
     """The application graph: gateway -> preprocessor, scorer (bind only; ``serve.run`` deploys it)."""
     from pipeline.serving.gateway import Gateway
 
+    def scaling(autoscaling: dict[str, Any] | None) -> dict[str, Any]:
+        return {"autoscaling_config": autoscaling} if autoscaling else {}
+
     preprocessor = Preprocessor.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": config.preprocess_cpus}, max_queued_requests=config.max_queued_requests
+        ray_actor_options={"num_cpus": config.preprocess_cpus},
+        max_queued_requests=config.max_queued_requests,
+        **scaling(config.preprocess_autoscaling),
     ).bind(config)
     scorer = Scorer.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": config.scorer_cpus, "num_gpus": config.scorer_gpus},
         max_ongoing_requests=config.max_ongoing_requests,
         max_queued_requests=config.max_queued_requests,
+        **scaling(config.scorer_autoscaling),
     ).bind(config)
     from pipeline.serving.control import ControlPlane
 

@@ -177,10 +177,11 @@ class Gateway:
             message = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
             await self._control.set_state.remote(ref, "failed", message)
             await self._refresh(force=True)
-            self._metrics.requests.labels(name, version, "admin_load", "422").inc()
+            self._metrics.version_checks.labels(name, version, "failed").inc()
             return JSONResponse({"model": name, "version": version, "state": "failed", "error": message}, 422)
         await self._control.set_state.remote(ref, "ready")
         await self._refresh(force=True)
+        self._metrics.version_checks.labels(name, version, "ok").inc()
         return JSONResponse({"model": name, "version": version, "state": "ready"})
 
     @http.delete("/admin/models/{name}/versions/{version}")

@@ -35,6 +35,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self.version_checks = Counter(
+            "streamscore_version_checks",
+            "Admin loads of a version by outcome (ok: it may take traffic; failed: it takes none)",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+
     def observe(self, model: str, version: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(model, version, endpoint, str(status)).inc()
         self.latency.labels(model, version, endpoint).observe(seconds)
