@@ -1,0 +1,150 @@
+"""The serving benchmark: latency percentiles and requests/s of the Serve app at several concurrencies.
+
+    python jobs/benchmark_serving.py --model efficientnet-lite0 --seconds 20 --json bench/serving.json
+
+A closed-loop load generator (aiohttp; each of C clients sends its next request when the last is answered)
+posts benchmark JPEGs to ``/predict/{model}`` on a local app started as ``streamscore serve`` starts it.
+Also measured: the same graph called in-process on one image (the floor Serve adds its cost to). Report:
+p50/p95/p99 latency and requests/s per concurrency, and Serve's p50 overhead at concurrency 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script
+    sys.path.insert(0, str(REPO))
+
+from jobs.benchmark_data import make_benchmark_images  # noqa: E402
+
+BENCH = REPO / "bench"
+
+
+def _percentiles(latencies_s: list[float]) -> dict[str, float]:
+    ordered = sorted(latencies_s)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
+
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99)}
+
+
+def in_process(model: str, models_dir: str, images: list[bytes], rounds: int) -> dict[str, Any]:
+    """The graph called directly on one image at a time: what a request costs without Serve."""
+    from pipeline.graph import build_graph
+    from pipeline.models import ModelRepository
+    from pipeline.spec import GraphSpec
+
+    graph = build_graph(GraphSpec(model=model), ModelRepository(models_dir))
+    graph.run(images[:1])  # warm-up: sessions and allocations
+    latencies = []
+    for i in range(rounds):
+        start = time.perf_counter()
+        graph.run([images[i % len(images)]])
+        latencies.append(time.perf_counter() - start)
+    return {"requests": rounds, **_percentiles(latencies)}
+
+
+async def _load(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    failures: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+
+    async def client(session: aiohttp.ClientSession, offset: int) -> None:
+        i = offset
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            async with session.post(url, data=images[i % len(images)]) as response:
+                await response.read()
+                if response.status == 200:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    failures[response.status] = failures.get(response.status, 0) + 1
+            i += concurrency
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session, k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "failures": failures,
+        "requests_per_s": len(latencies) / elapsed,
+        **_percentiles(latencies or [float("nan")]),
+    }
+
+
+def served(model: str, models_dir: str, images: list[bytes], concurrencies: list[int], seconds: float) -> list[dict]:
+    import urllib.request
+
+    from ray import serve
+
+    from jobs.batch_score import connect_ray
+    from pipeline.serving.app import ServeConfig, build_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    connect_ray(None, num_cpus=os.cpu_count())
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(ServeConfig(models_dir=models_dir)), name="streamscore", route_prefix="/")
+    url = f"http://127.0.0.1:{port}/predict/{model}"
+    for data in images[:8]:  # warm-up: every replica loads the model
+        urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120).read()
+    try:
+        return [asyncio.run(_load(url, images, c, seconds)) for c in concurrencies]
+    finally:
+        serve.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="efficientnet-lite0")
+    parser.add_argument("--models-dir", default=str(REPO / "models"))
+    parser.add_argument("--images", type=int, default=200, help="distinct benchmark JPEGs to cycle through")
+    parser.add_argument("--seconds", type=float, default=20, help="per concurrency level")
+    parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    images = [p.read_bytes() for p in make_benchmark_images(BENCH / "images" / str(args.images), args.images)]
+    baseline = in_process(args.model, args.models_dir, images, rounds=200)
+    levels = served(args.model, args.models_dir, images, [int(c) for c in args.concurrency.split(",")], args.seconds)
+    report = {
+        "model": args.model,
+        "cpu_count": os.cpu_count(),
+        "in_process_batch_1": baseline,
+        "served": levels,
+        "p50_overhead_ms_at_concurrency_1": next(
+            (r["p50_ms"] - baseline["p50_ms"] for r in levels if r["concurrency"] == 1), None
+        ),
+    }
+    print(f"in-process, one image: p50 {baseline['p50_ms']:.1f} ms, p95 {baseline['p95_ms']:.1f} ms")
+    print(f"{'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  failures")
+    for r in levels:
+        print(
+            f"{r['concurrency']:>11} {r['requests_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
+            f"{r['p99_ms']:>8.1f}  {r['failures'] or 'none'}"
+        )
+    if report["p50_overhead_ms_at_concurrency_1"] is not None:
+        print(f"Serve's p50 overhead at concurrency 1: {report['p50_overhead_ms_at_concurrency_1']:.1f} ms")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
