@@ -93,14 +93,13 @@ def served(model: str, models_dir: str, images: list[bytes], concurrencies: list
     from ray import serve
 
     from jobs.batch_score import connect_ray
-    from pipeline.serving.app import ServeConfig, build_app
+    from pipeline.serving.app import ServeConfig, deploy
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     connect_ray(None, num_cpus=os.cpu_count())
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(ServeConfig(models_dir=models_dir)), name="streamscore", route_prefix="/")
+    deploy(ServeConfig(models_dir=models_dir), port=port)
     url = f"http://127.0.0.1:{port}/predict/{model}"
     for data in images[:8]:  # warm-up: every replica loads the model
         urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120).read()

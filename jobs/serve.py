@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jobs.batch_score import connect_ray
     from pipeline.models import ModelRepository
-    from pipeline.serving.app import build_app
+    from pipeline.serving.app import deploy
 
     config = load_config(args)
     names = ModelRepository(config.models_dir).names()  # fail before Ray starts if the repository is wrong
@@ -65,8 +65,7 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     connect_ray(args.address)
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(config), name="streamscore", route_prefix="/")
+    deploy(config, args.host, args.port)
     logging.getLogger("streamscore").info(
         "serving %s on http://%s:%d (V2: /v2/models/{name}/infer; people: POST /predict/{name}); Ctrl-C stops",
         ", ".join(names),

@@ -36,7 +36,7 @@ def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
     a routing policy for digits: 80/20 between versions 1 and 2, version 3 at weight 0, X-Region: cn -> 2."""
     from ray import serve
 
-    from pipeline.serving.app import ServeConfig, build_app
+    from pipeline.serving.app import ServeConfig, deploy
     from tests.conftest import MODELS_DIR
 
     root = tmp_path_factory.mktemp("repository")
@@ -54,7 +54,6 @@ def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
         }
     }
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     config = ServeConfig(
         models_dir=str(root),
         max_request_bytes=3_000_000,
@@ -64,7 +63,7 @@ def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
         admin_token=ADMIN_TOKEN,
         preprocess_autoscaling={"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8},
     )
-    serve.run(build_app(config), name="streamscore", route_prefix="/")
+    deploy(config, port=port)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # frees the replicas' CPUs for the batch tests that follow
 

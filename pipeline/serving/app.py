@@ -56,23 +56,26 @@ class ServeConfig(BaseModel):
 
 
 class GraphCache:
-    """Graphs by ``name:version``, built on first use; the least recently used go past ``capacity``."""
+    """One half of the graph (``"preprocess"`` or ``"inference"``) per ``name:version``, built on first use;
+    the least recently used go past ``capacity``. Each deployment builds only its half, so the preprocessor
+    never opens an ONNX Runtime session."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(self, config: ServeConfig, half: str, device: str = "cpu") -> None:
         self._repository = ModelRepository(config.models_dir)
         self._spec = GraphSpec(model="unused", top_k=config.top_k)
+        self._half, self._device = half, device
         self._capacity = config.max_cached_versions
-        self._graphs: collections.OrderedDict[str, tuple[Graph, Stage, Stage]] = collections.OrderedDict()
+        self._entries: collections.OrderedDict[str, tuple[Graph, Stage]] = collections.OrderedDict()
 
-    def get(self, model_ref: str, device: str = "cpu") -> tuple[Graph, Stage, Stage]:
-        if model_ref not in self._graphs:
+    def get(self, model_ref: str) -> tuple[Graph, Stage]:
+        if model_ref not in self._entries:
             graph = build_graph(self._spec.model_copy(update={"model": model_ref}), self._repository)
-            graph = graph.on_device(device)
-            self._graphs[model_ref] = (graph, Stage(graph.preprocess), Stage(graph.inference))
-            while len(self._graphs) > self._capacity:
-                self._graphs.popitem(last=False)
-        self._graphs.move_to_end(model_ref)
-        return self._graphs[model_ref]
+            graph = graph.on_device(self._device)
+            self._entries[model_ref] = (graph, Stage(getattr(graph, self._half)))
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(model_ref)
+        return self._entries[model_ref]
 
 
 @serve.deployment
@@ -80,10 +83,10 @@ class Preprocessor:
     """Encoded images -> uint8 pixels ``(N, H, W, C)`` and a per-image error (or None)."""
 
     def __init__(self, config: ServeConfig) -> None:
-        self._graphs = GraphCache(config)
+        self._graphs = GraphCache(config, "preprocess")
 
     def __call__(self, model_ref: str, images: list[bytes]) -> tuple[np.ndarray, list[str | None]]:
-        _, preprocess, _ = self._graphs.get(model_ref)
+        _, preprocess = self._graphs.get(model_ref)
         ids = object_array([str(i) for i in range(len(images))])
         out = preprocess({"id": ids, "bytes": object_array(list(images))})
         return out["pixels"], list(out[ERROR])
@@ -94,8 +97,7 @@ class Scorer:
     """Pixels -> prediction tables; concurrent requests are scored together, grouped by model version."""
 
     def __init__(self, config: ServeConfig) -> None:
-        self._graphs = GraphCache(config)
-        self._device = "cuda" if config.scorer_gpus > 0 else "cpu"
+        self._graphs = GraphCache(config, "inference", "cuda" if config.scorer_gpus > 0 else "cpu")
         # Ray's stubs for @serve.batch know one-argument methods only, hence the ignores below.
         self.score.set_max_batch_size(config.max_batch_size)  # type: ignore[misc, attr-defined]
         self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[misc, attr-defined]
@@ -115,7 +117,7 @@ class Scorer:
 
     def check(self, model_ref: str) -> None:
         """Load ``model_ref`` and score a warm-up batch; raise unless every output is finite."""
-        graph, _, _ = self._graphs.get(model_ref, self._device)
+        graph, _ = self._graphs.get(model_ref)
         spec = graph.model.manifest.input
         warm_up = np.random.default_rng(0).integers(0, 256, (2, spec.height, spec.width, spec.channels), np.uint8)
         scores = self._run(model_ref, warm_up).column("score").to_numpy(zero_copy_only=False)
@@ -123,7 +125,7 @@ class Scorer:
             raise ValueError(f"{model_ref} gave non-finite scores on its warm-up batch")
 
     def _run(self, model_ref: str, pixels: np.ndarray) -> pa.Table:
-        graph, _, inference = self._graphs.get(model_ref, self._device)
+        graph, inference = self._graphs.get(model_ref)
         n = len(pixels)
         batch = {"id": object_array([str(i) for i in range(n)]), "pixels": pixels, ERROR: np.full(n, None, object)}
         return predictions_table(inference(batch), graph.model)
@@ -153,6 +155,12 @@ def build_app(config: ServeConfig) -> Any:
     return Gateway.options(max_ongoing_requests=config.max_ongoing_requests).bind(  # type: ignore[attr-defined]
         config, preprocessor, scorer, control
     )
+
+
+def deploy(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Start Serve's HTTP proxy on ``host:port`` and deploy the app at ``/`` (Ray must be connected)."""
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(config), name="streamscore", route_prefix="/")
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -55,9 +55,8 @@ class Gateway:
         self._states: dict[str, dict[str, Any]] = {}
         self._state_time = 0.0
         for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
-            missing = policy.versions() - set(self._repository.versions(model))
-            if missing:
-                raise ConfigError(f"routing for {model!r} names versions {sorted(missing)} not in the repository")
+            if missing := self._missing_versions(model, policy):
+                raise ConfigError(f"routing for {model!r} names versions {missing} not in the repository")
 
     # ------------------------------------------------------------------ health and metadata
     @http.get("/v2/health/live")
@@ -125,6 +124,9 @@ class Gateway:
         return self._answer({"model": name, "model_version": resolved, "predictions": predictions}, resolved)
 
     # ------------------------------------------------------------------ helpers
+    def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
+        return sorted(policy.versions() - set(self._repository.versions(name)))
+
     async def _observed(self, endpoint: str, name: str, version: str | None, request: Request, handler: Any) -> Any:
         """Route, run ``handler(name, resolved_version, request)`` and record the outcome and latency."""
         start, resolved, status = time.perf_counter(), "none", 500
@@ -211,9 +213,8 @@ class Gateway:
             policy = RoutingPolicy.model_validate_json(await self._read_body(request))
         except ValueError as exc:
             raise HttpError(400, f"bad routing policy: {exc}") from None
-        missing = policy.versions() - set(self._repository.versions(name))
-        if missing:
-            raise HttpError(404, f"routing names versions {sorted(missing)} that {name!r} does not have")
+        if missing := self._missing_versions(name, policy):
+            raise HttpError(404, f"routing names versions {missing} that {name!r} does not have")
         try:
             await self._control.set_routing.remote(name, policy)
         except ConfigError as exc:
