@@ -94,10 +94,12 @@ def served(model: str, models_dir: str, images: list[bytes], concurrencies: list
 
     from jobs.batch_score import connect_ray
     from pipeline.serving.app import ServeConfig, deploy
+    from pipeline.serving.ingress import use_fast_ingress
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    use_fast_ingress()
     connect_ray(None, num_cpus=os.cpu_count())
     deploy(ServeConfig(models_dir=models_dir), port=port)
     url = f"http://127.0.0.1:{port}/predict/{model}"

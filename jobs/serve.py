@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from jobs.batch_score import connect_ray
     from pipeline.models import ModelRepository
     from pipeline.serving.app import deploy
+    from pipeline.serving.ingress import use_fast_ingress
 
     config = load_config(args)
     names = ModelRepository(config.models_dir).names()  # fail before Ray starts if the repository is wrong
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    if not (args.address or os.environ.get("RAY_ADDRESS")):
+        use_fast_ingress()  # a cluster's processes got their settings at `ray start` (see cluster.yaml)
     connect_ray(args.address)
     deploy(config, args.host, args.port)
     logging.getLogger("streamscore").info(

@@ -22,7 +22,10 @@ def ray_cluster() -> Iterator[dict[str, float]]:
     import ray
     import ray.data
 
+    from pipeline.serving.ingress import use_fast_ingress
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    use_fast_ingress()  # the serving tests run the app as `streamscore serve` does
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False

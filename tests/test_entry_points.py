@@ -32,10 +32,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.graph import build_graph
 from pipeline.models import ModelRepository
+from pipeline.spec import GraphSpec
 from tests.conftest import MODELS_DIR, REPO, wait_for
 
 pytestmark = pytest.mark.slow
@@ -398,11 +401,17 @@ def test_streamscore_serve_answers_http_until_interrupted(tmp_path: Path) -> Non
     try:
         wait_for(ready, timeout_s=120, interval_s=0.5)
         assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-        request = urllib.request.Request(f"{base}/predict/{MODEL}", data=(DEMO_IMAGES / "coffee.jpg").read_bytes())
+        coffee = (DEMO_IMAGES / "coffee.jpg").read_bytes()
+        request = urllib.request.Request(f"{base}/predict/{MODEL}", data=coffee)
         with urllib.request.urlopen(request, timeout=60) as response:
             body = json.loads(response.read())
             assert response.headers.get("X-Model-Version") == "1"
-        assert body["predictions"][0]["label"] == "espresso"
+        # The default (fused) topology answers as the batch graph does.
+        reference = build_graph(GraphSpec(model=MODEL), ModelRepository(str(MODELS_DIR))).run([coffee]).to_pylist()[0]
+        assert body["predictions"][0]["label"] == reference["label"] == "espresso"
+        np.testing.assert_allclose(
+            [t["score"] for t in body["predictions"][0]["top_k"]], [t["score"] for t in reference["top_k"]], atol=1e-5
+        )
     finally:
         server.send_signal(signal.SIGINT)
         try:

@@ -57,6 +57,7 @@ def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
     config = ServeConfig(
         models_dir=str(root),
         max_request_bytes=3_000_000,
+        topology="split",  # the GPU layout; `streamscore serve` tests the fused one
         preprocess_cpus=0.25,
         scorer_cpus=0.25,
         routing=routing,
@@ -86,11 +87,11 @@ def test_autoscaling_settings_reach_serve(server: str) -> None:
     from ray.serve.context import _get_global_client
 
     deployments = serve.status().applications["streamscore"].deployments
-    assert set(deployments) == {"Gateway", "Preprocessor", "Scorer", "ControlPlane"}
+    assert set(deployments) == {"Gateway", "Scorer", "ControlPlane"}
     assert all(d.status == "HEALTHY" for d in deployments.values())
     # Serve's own record of the deployed config (no public API exposes it yet).
     details = _get_global_client().get_serve_details()["applications"]["streamscore"]["deployments"]
-    autoscaling = details["Preprocessor"]["deployment_config"]["autoscaling_config"]
+    autoscaling = details["Gateway"]["deployment_config"]["autoscaling_config"]
     assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 2)
     assert details["Scorer"]["deployment_config"].get("autoscaling_config") is None
     assert details["Scorer"]["deployment_config"]["max_ongoing_requests"] == 64

@@ -1,5 +1,8 @@
 """The HTTP gateway: Open Inference Protocol (V2) routes and ``/predict`` for people, with clear 4xx errors.
 
+It also preprocesses (decode, resize, crop: CPU work that scales with requests, like the HTTP parsing) and sends
+uint8 pixels to the scorer, so a request makes one hop between deployments.
+
 Every scoring response names the version that served it, in the body and in ``X-Model-Version``. Bodies over
 ``max_request_bytes`` are refused with 413 from ``Content-Length`` or while streaming, never read whole.
 """
@@ -16,10 +19,11 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
+from operators.base import ERROR, object_array
 from pipeline.errors import ConfigError, StreamScoreError
 from pipeline.models import ModelRepository, check_id
 from pipeline.serving import v2
-from pipeline.serving.app import ServeConfig
+from pipeline.serving.app import GraphCache, ModelScorer, ServeConfig
 from pipeline.serving.metrics import GatewayMetrics
 from pipeline.serving.routing import RoutingPolicy
 
@@ -42,11 +46,13 @@ async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
 @serve.deployment
 @serve.ingress(http)
 class Gateway:
-    def __init__(self, config: ServeConfig, preprocessor: Any, scorer: Any, control: Any) -> None:
+    def __init__(self, config: ServeConfig, scorer: Any | None, control: Any) -> None:
+        """``scorer``: the Scorer deployment's handle, or None to score in this replica (fused topology)."""
         self._config = config
         self._repository = ModelRepository(config.models_dir)
-        self._preprocessor = preprocessor
-        self._scorer = scorer
+        self._graphs = GraphCache(config, "preprocess")
+        self._scorer: Any = scorer
+        self._local_scorer = ModelScorer(config) if scorer is None else None
         self._rng = random.Random()
         self._metrics = GatewayMetrics()
         self._control = control
@@ -174,7 +180,7 @@ class Gateway:
         self._resolve(name, version)
         ref = f"{name}:{version}"
         try:
-            await self._scorer.check.remote(ref)
+            await self._check_version(ref)
         except Exception as exc:  # noqa: BLE001 - any failure of the new version is reported, never served
             message = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
             await self._control.set_state.remote(ref, "failed", message)
@@ -268,14 +274,31 @@ class Gateway:
     async def _score_now(self, name: str, version: str, images: list[bytes], labels: list[str]) -> Any:
         """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
         ref = f"{name}:{version}"
-        pixels, errors = await self._preprocessor.remote(ref, images)
+        pixels, errors = await asyncio.to_thread(self._preprocess, ref, images)
         bad = [f"{label}: {e}" for label, e in zip(labels, errors, strict=True) if e is not None]
         if bad:
             raise HttpError(400, "; ".join(bad))
-        table, batch_requests = await self._scorer.score.remote(ref, pixels)
+        table, batch_requests = await self._score_pixels(ref, pixels)
         self._metrics.images.labels(name, version).inc(len(images))
         self._metrics.batch_size.labels(name, version).observe(batch_requests)
         return table
+
+    async def _score_pixels(self, model_ref: str, pixels: Any) -> tuple[Any, int]:
+        if self._local_scorer is not None:  # fused: batched with this replica's other requests
+            return await self._local_scorer.score(model_ref, pixels)  # type: ignore[misc, call-arg]
+        return await self._scorer.score.remote(model_ref, pixels)
+
+    async def _check_version(self, model_ref: str) -> None:
+        if self._local_scorer is not None:
+            await asyncio.to_thread(self._local_scorer.check, model_ref)
+        else:
+            await self._scorer.check.remote(model_ref)
+
+    def _preprocess(self, model_ref: str, images: list[bytes]) -> tuple[Any, list[str | None]]:
+        """Encoded images -> uint8 pixels ``(N, H, W, C)`` and a per-image error (or None)."""
+        _, preprocess = self._graphs.get(model_ref)
+        out = preprocess({"id": object_array([str(i) for i in range(len(images))]), "bytes": object_array(images)})
+        return out["pixels"], list(out[ERROR])
 
     @staticmethod
     def _answer(body: dict[str, Any], version: str) -> JSONResponse:
