@@ -1,12 +1,14 @@
 """How close does scoring get to what this machine can do? Images/s and peak memory of five ways to score.
 
     python jobs/benchmark.py --model mobilenetv2-shaped --images 2000 --json bench/mobilenetv2.json
+    python jobs/benchmark.py --serving --model efficientnet-lite0 --images 400 --json bench/serving.json
 
 The scenarios (``jobs/benchmark_scenarios.py``) run one by one, each in a fresh subprocess so that its peak
 memory is its own (``jobs/benchmark_measure.py``), on the same images and model. ``images_per_s`` is over
 each scenario's timed section: after interpreter start, imports and ``ray.init``, but including model
 loading, actor start-up and writing predictions. ``end_to_end_images_per_s`` is over the subprocess's whole
-wall time. The machine limit is ``1 / (1/preprocess_only + 1/inference_only)``.
+wall time. The machine limit is ``1 / (1/preprocess_only + 1/inference_only)``. ``--serving`` measures the
+Serve app instead (``jobs/benchmark_serving.py``), next to the batch pipeline on the same images.
 """
 
 from __future__ import annotations
@@ -189,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario; the median is reported")
     parser.add_argument("--timeout-s", type=float, default=300, help="per scenario run (default 300)")
+    parser.add_argument("--serving", action="store_true", help="benchmark the Serve app (latency, requests/s)")
+    parser.add_argument("--concurrency", default="1,16,64", help="--serving: client counts (default 1,16,64)")
+    parser.add_argument("--seconds", type=float, default=20, help="--serving: load per client count (default 20)")
     parser.add_argument("--run-scenario", help=argparse.SUPPRESS)  # internal: inside a scenario subprocess
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -226,8 +231,16 @@ def main(argv: list[str] | None = None) -> None:
         "input_format": args.input_format,
         "cpu_count": os.cpu_count() or 1,
     }
-    report = run_benchmark(cfg, only, max(1, args.repeat), args.timeout_s)
-    print(_table(report))
+    if args.serving:
+        from jobs.benchmark_serving import serving_report, serving_table
+
+        batch = run_scenario("streamscore", cfg, args.timeout_s)
+        concurrencies = [int(c) for c in args.concurrency.split(",")]
+        report = serving_report(cfg, concurrencies, args.seconds, batch)
+        print(serving_table(report))
+    else:
+        report = run_benchmark(cfg, only, max(1, args.repeat), args.timeout_s)
+        print(_table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -284,6 +284,7 @@ def test_hot_updates_under_load_fail_no_request(server: str, digit_files) -> Non
         assert status == 409 and "cannot take traffic" in body["error"]
         status, body = call("GET", "/admin/models/digits/routing")
         assert body["routing"]["weights"] == {"1": 50, "3": 50} and body["versions"]["4"]["state"] == "failed"
+        assert "3" in body["loaded"] and "4" not in body["loaded"]
         assert call("DELETE", "/admin/models/digits/versions/3")[0] == 409  # still routed to
         assert call("PUT", "/admin/models/digits/routing", {"weights": {"1": 100}})[0] == 200  # roll back
         assert call("DELETE", "/admin/models/digits/versions/3")[0] == 200
@@ -316,3 +317,66 @@ def test_admin_cli_wraps_the_api(server: str, capsys) -> None:  # type: ignore[n
         text = response.read().decode()
     assert 'streamscore_version_checks_total{model="digits",outcome="failed",version="4"} 1.0' in text
     assert 'streamscore_version_checks_total{model="digits",outcome="ok",version="2"} 1.0' in text
+
+
+def test_full_queues_answer_503_with_retry_after(server: str, repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    """A second app (the fused layout) that takes one request at a time and queues one more: a burst gets
+    503 + Retry-After for the rest instead of queueing without bound, and the app serves again afterwards."""
+    from ray import serve
+
+    from pipeline.serving.app import ServeConfig, build_app
+
+    config = ServeConfig(
+        models_dir=repository.root,
+        topology="fused",
+        replicas=1,
+        preprocess_cpus=0.25,
+        scorer_cpus=0.25,
+        max_ongoing_requests=1,
+        max_queued_requests=1,
+    )
+    serve.run(build_app(config), name="tight", route_prefix="/tight")
+    try:
+        images = list(photo_jpegs.values()) * 2  # eight photos a request: long enough for a queue to form
+        boundary = uuid.uuid4().hex
+        parts = b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="f"; filename="{i}.jpg"\r\n\r\n'.encode()
+            + data
+            + b"\r\n"
+            for i, data in enumerate(images)
+        )
+        parts += f"--{boundary}--\r\n".encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+        def post() -> tuple[int, Any]:
+            request = urllib.request.Request(f"{server}/tight/predict/{MODEL}", data=parts, headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    return response.status, response.headers
+            except urllib.error.HTTPError as error:
+                error.read()
+                return error.code, error.headers
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda _: post(), range(16)))
+        statuses = sorted(status for status, _ in results)
+        assert set(statuses) == {200, 503}, statuses
+        assert all(h.get("Retry-After") for status, h in results if status == 503)
+        assert post()[0] == 200
+    finally:
+        serve.delete("tight")
+
+
+def test_graph_cache_holds_the_least_recently_used_versions_up_to_its_capacity(repository) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.serving.app import GraphCache, ServeConfig
+
+    cache = GraphCache(ServeConfig(models_dir=repository.root, max_cached_versions=2), "inference")
+    first, _ = cache.get("digits:1")
+    cache.get(f"{MODEL}:1")
+    assert cache.cached() == ["digits:1", f"{MODEL}:1"]
+    assert cache.get("digits:1")[0] is first  # a hit reuses the built graph and becomes most recent
+    assert cache.cached() == [f"{MODEL}:1", "digits:1"]
+    small = GraphCache(ServeConfig(models_dir=repository.root, max_cached_versions=1), "preprocess")
+    small.get("digits:1")
+    small.get(f"{MODEL}:1")
+    assert small.cached() == [f"{MODEL}:1"]  # the least recently used went

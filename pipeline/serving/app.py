@@ -138,6 +138,10 @@ class ModelScorer:
         if not np.isfinite(scores).all():
             raise ValueError(f"{model_ref} gave non-finite scores on its warm-up batch")
 
+    def loaded(self) -> list[str]:
+        """The versions this replica holds (least recently used first); at most ``max_cached_versions``."""
+        return self._graphs.cached()
+
     def _run(self, model_ref: str, pixels: np.ndarray) -> pa.Table:
         graph, inference = self._graphs.get(model_ref)
         n = len(pixels)

@@ -209,7 +209,9 @@ class Gateway:
         await self._refresh(force=True)
         policy = self._routing.get(name, RoutingPolicy())
         states = {ref.split(":", 1)[1]: s for ref, s in self._states.items() if ref.split(":", 1)[0] == name}
-        return JSONResponse({"model": name, "routing": policy.model_dump(), "versions": states})
+        loaded = await self._loaded_versions()
+        held = [ref.split(":", 1)[1] for ref in loaded if ref.split(":", 1)[0] == name]
+        return JSONResponse({"model": name, "routing": policy.model_dump(), "versions": states, "loaded": held})
 
     @http.put("/admin/models/{name}/routing")
     async def admin_put_routing(self, name: str, request: Request) -> JSONResponse:
@@ -287,6 +289,12 @@ class Gateway:
         if self._local_scorer is not None:  # fused: batched with this replica's other requests
             return await self._local_scorer.score(model_ref, pixels)  # type: ignore[misc, call-arg]
         return await self._scorer.score.remote(model_ref, pixels)
+
+    async def _loaded_versions(self) -> list[str]:
+        """``name:version`` held by the scorer that answers (one replica's view; LRU, bounded)."""
+        if self._local_scorer is not None:
+            return self._local_scorer.loaded()
+        return list(await self._scorer.loaded.remote())
 
     async def _check_version(self, model_ref: str) -> None:
         if self._local_scorer is not None:
