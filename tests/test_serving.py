@@ -380,3 +380,16 @@ def test_graph_cache_holds_the_least_recently_used_versions_up_to_its_capacity(r
     small.get("digits:1")
     small.get(f"{MODEL}:1")
     assert small.cached() == [f"{MODEL}:1"]  # the least recently used went
+
+
+def test_cluster_nodes_start_ray_with_the_fast_ingress_switches() -> None:
+    """Ray reads them at `ray start`: cluster.yaml must set every one on the head and on the workers."""
+    import yaml
+
+    from pipeline.serving.ingress import FAST_INGRESS
+    from tests.conftest import REPO
+
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    for commands in (cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]):
+        start = next(c for c in commands if "ray start" in c)
+        assert all(f"{name}={value}" in start for name, value in FAST_INGRESS.items()), start
