@@ -393,3 +393,26 @@ def test_cluster_nodes_start_ray_with_the_fast_ingress_switches() -> None:
     for commands in (cluster["head_start_ray_commands"], cluster["worker_start_ray_commands"]):
         start = next(c for c in commands if "ray start" in c)
         assert all(f"{name}={value}" in start for name, value in FAST_INGRESS.items()), start
+
+
+def test_serve_config_file_deploys_the_app(server: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    """jobs/serve_config.yaml passes Serve's own schema, and its import path and args build a working app."""
+    import importlib
+
+    import yaml
+    from ray import serve
+    from ray.serve.schema import ServeDeploySchema
+
+    from tests.conftest import MODELS_DIR, REPO
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "jobs" / "serve_config.yaml").read_text()))
+    (app,) = schema.applications
+    # Small replicas: the session's 2 CPUs also hold the module's app.
+    args = app.args | {"models_dir": str(MODELS_DIR), "replicas": 1, "preprocess_cpus": 0.1, "scorer_cpus": 0.1}
+    module, builder = app.import_path.split(":")
+    serve.run(getattr(importlib.import_module(module), builder)(args), name="from-config", route_prefix="/from-config")
+    try:
+        status, headers, body = _request(f"{server}/from-config/predict/{MODEL}", photo_jpegs["coffee"])
+        assert status == 200 and body["predictions"][0]["label"] == "espresso", body
+    finally:
+        serve.delete("from-config")
