@@ -170,8 +170,8 @@ def test_v2_infer_with_json_and_with_the_standard_client(server: str, photo_jpeg
 
 
 def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
-    status, _, body = _request(f"{server}/predict/{MODEL}", b"this is not an image")
-    assert status == 400 and "not_an_image" in body["error"]
+    status, headers, body = _request(f"{server}/predict/{MODEL}", b"this is not an image")
+    assert status == 400 and "not_an_image" in body["error"] and headers.get("X-Model-Version") == "1"
     status, _, body = _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"][:2000])
     assert status == 400 and "truncated" in body["error"]
     status, _, body = _request(f"{server}/predict/{MODEL}", b"x" * 3_500_000)

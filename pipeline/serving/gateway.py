@@ -143,6 +143,8 @@ class Gateway:
             return response
         except HttpError as exc:
             status = exc.status
+            if resolved != "none":  # a request refused after routing still names the version it went to
+                exc.headers.setdefault("X-Model-Version", resolved)
             raise
         finally:
             self._metrics.observe(name, resolved, endpoint, status, time.perf_counter() - start)
