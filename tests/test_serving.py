@@ -416,3 +416,18 @@ def test_serve_config_file_deploys_the_app(server: str, photo_jpegs) -> None:  #
         assert status == 200 and body["predictions"][0]["label"] == "espresso", body
     finally:
         serve.delete("from-config")
+
+
+def test_layout_is_settled_from_the_cluster_and_what_the_user_set_wins() -> None:
+    from pipeline.serving.app import ServeConfig
+
+    def settled(resources: dict[str, float], **settings: Any) -> tuple:
+        c = ServeConfig(**settings).for_cluster(resources)
+        return c.topology, c.scorer_gpus, c.replicas, c.scorer_replicas
+
+    assert settled({"CPU": 2.0}) == ("fused", 0.0, 2, None)  # one replica per CPU, as batch actors
+    assert settled({"CPU": 16.0, "GPU": 2.0}) == ("split", 1.0, 15, 2)  # a scorer per GPU, gateways on the rest
+    assert settled({"CPU": 8.0, "GPU": 1.0}, scorer_gpus=0.5) == ("split", 0.5, 7, 2)
+    assert settled({"CPU": 8.0, "GPU": 1.0}, scorer_gpus=0) == ("fused", 0, 8, None)  # GPUs left alone
+    assert settled({"CPU": 8.0}, topology="split", replicas=3) == ("split", 0.0, 3, 1)
+    assert settled({"CPU": 8.0}, preprocess_cpus=1, scorer_cpus=1) == ("fused", 0.0, 4, None)

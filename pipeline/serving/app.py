@@ -50,28 +50,45 @@ class ServeConfig(BaseModel):
     # The gateway's CPUs, replicas and autoscaling are preprocessing's: it decodes and crops.
     preprocess_cpus: float = Field(default=0.5, gt=0)
     scorer_cpus: float = Field(default=0.5, gt=0)
-    scorer_gpus: float = Field(default=0.0, ge=0)
-    # Serve autoscaling_config dicts (min_replicas, max_replicas, target_ongoing_requests, ...) per deployment;
-    # None: one replica. Preprocessing and scoring scale apart, e.g. CPUs for decoding, GPUs for the model.
-    preprocess_autoscaling: dict[str, Any] | None = None
-    # Gateway replicas without autoscaling. None: fused, one per (preprocess_cpus + scorer_cpus) CPUs of the
-    # cluster (a replica runs one ONNX Runtime thread, as a batch actor does; on 2 cores two replicas answered
-    # 98 requests/s where one answered 67); split, one.
-    replicas: int | None = Field(default=None, ge=1)
-    scorer_autoscaling: dict[str, Any] | None = None
+    # None: one GPU per scorer replica when the cluster has GPUs, else none.
+    scorer_gpus: float | None = Field(default=None, ge=0)
     # "split": preprocessing (in the gateway) and scoring in separate deployments, each scaling on its own;
     # "fused": one deployment does both, saving a hop between replicas (3-5 ms a request, measured on 2 cores).
     # "auto": split when the scorer takes GPUs, fused on CPUs only (where both halves share the same cores
     # anyway), as the batch planner does.
     topology: Literal["auto", "split", "fused"] = "auto"
+    # Replicas when there is no autoscaling config. None: derived from the cluster by ``for_cluster``.
+    replicas: int | None = Field(default=None, ge=1)  # the gateway's
+    scorer_replicas: int | None = Field(default=None, ge=1)  # split only
+    # Serve autoscaling_config dicts (min_replicas, max_replicas, target_ongoing_requests, ...) per deployment;
+    # they replace the replica counts. Preprocessing and scoring scale apart, e.g. CPUs for decoding, GPUs for
+    # the model.
+    preprocess_autoscaling: dict[str, Any] | None = None
+    scorer_autoscaling: dict[str, Any] | None = None
     # Per model; models without a policy get their latest version.
     routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
     # Admin API bearer token; STREAMSCORE_ADMIN_TOKEN in the gateway's environment wins. None: admin disabled.
     admin_token: str | None = None
 
-    @property
-    def fused(self) -> bool:
-        return self.topology == "fused" or (self.topology == "auto" and self.scorer_gpus == 0)
+    def for_cluster(self, resources: dict[str, float]) -> ServeConfig:
+        """This config with GPUs, topology and replica counts settled for a cluster's ``resources`` (as
+        ``ray.cluster_resources()`` gives them); what the user set wins.
+
+        Fused: one replica per ``preprocess_cpus + scorer_cpus`` CPUs, each running one ONNX Runtime thread as a
+        batch actor does (on 2 cores two replicas answered 98 requests/s where one answered 67). Split: one
+        scorer per ``scorer_gpus`` GPUs (one on CPUs only) and one gateway per CPU the scorers leave.
+        """
+        cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+        scorer_gpus = self.scorer_gpus if self.scorer_gpus is not None else (1.0 if gpus >= 1 else 0.0)
+        topology = self.topology if self.topology != "auto" else ("split" if scorer_gpus > 0 else "fused")
+        if topology == "fused":
+            replicas = self.replicas or max(1, int(cpus // (self.preprocess_cpus + self.scorer_cpus)))
+            scorer_replicas = None
+        else:
+            scorer_replicas = self.scorer_replicas or (max(1, int(gpus // scorer_gpus)) if scorer_gpus > 0 else 1)
+            replicas = self.replicas or max(1, int(cpus - scorer_replicas * self.scorer_cpus))
+        settled = {"scorer_gpus": scorer_gpus, "topology": topology, "replicas": replicas}
+        return self.model_copy(update=settled | {"scorer_replicas": scorer_replicas})
 
 
 class GraphCache:
@@ -111,7 +128,7 @@ class ModelScorer:
     """
 
     def __init__(self, config: ServeConfig) -> None:
-        self._graphs = GraphCache(config, "inference", "cuda" if config.scorer_gpus > 0 else "cpu")
+        self._graphs = GraphCache(config, "inference", "cuda" if config.scorer_gpus else "cpu")
         # Ray's stubs for @serve.batch know one-argument methods only, hence the ignores below.
         self.score.set_max_batch_size(config.max_batch_size)  # type: ignore[misc, attr-defined]
         self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[misc, attr-defined]
@@ -153,14 +170,17 @@ Scorer = serve.deployment(ModelScorer, name="Scorer")
 
 
 def build_app(config: ServeConfig) -> Any:
-    """The application graph: gateway (HTTP + preprocessing) -> scorer, or one fused gateway; bind only,
-    ``serve.run`` deploys it."""
+    """The application graph: gateway (HTTP + preprocessing) -> scorer, or one fused gateway, settled for the
+    connected cluster (``ServeConfig.for_cluster``); bind only, ``serve.run`` deploys it."""
+    import ray
     from ray.serve.config import BackpressureConfig
 
     from pipeline.serving.control import ControlPlane
     from pipeline.serving.gateway import Gateway
 
-    def scaling(autoscaling: dict[str, Any] | None, replicas: int = 1) -> dict[str, Any]:
+    config = config.for_cluster(ray.cluster_resources())
+
+    def scaling(autoscaling: dict[str, Any] | None, replicas: int | None) -> dict[str, Any]:
         return {"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": replicas}
 
     limits = {
@@ -169,28 +189,16 @@ def build_app(config: ServeConfig) -> Any:
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1),
     }
     control = ControlPlane.bind(config.routing)  # type: ignore[attr-defined]
-    gateway = Gateway.options(**limits)  # type: ignore[attr-defined]
-    if config.fused:  # the gateway scores in its own replica
+    gateway = Gateway.options(**limits, **scaling(config.preprocess_autoscaling, config.replicas))  # type: ignore[attr-defined]
+    if config.topology == "fused":  # the gateway scores in its own replica
         resources = {"num_cpus": config.preprocess_cpus + config.scorer_cpus, "num_gpus": config.scorer_gpus}
-        replicas = config.replicas or _replicas_for_cpus(resources["num_cpus"])
-        return gateway.options(ray_actor_options=resources, **scaling(config.preprocess_autoscaling, replicas)).bind(
-            config, None, control
-        )
+        return gateway.options(ray_actor_options=resources).bind(config, None, control)
     scorer = Scorer.options(  # type: ignore[attr-defined]
         ray_actor_options={"num_cpus": config.scorer_cpus, "num_gpus": config.scorer_gpus},
         **limits,
-        **scaling(config.scorer_autoscaling),
+        **scaling(config.scorer_autoscaling, config.scorer_replicas),
     ).bind(config)
-    return gateway.options(
-        ray_actor_options={"num_cpus": config.preprocess_cpus},
-        **scaling(config.preprocess_autoscaling, config.replicas or 1),
-    ).bind(config, scorer, control)
-
-
-def _replicas_for_cpus(cpus_per_replica: float) -> int:
-    import ray
-
-    return max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_replica))
+    return gateway.options(ray_actor_options={"num_cpus": config.preprocess_cpus}).bind(config, scorer, control)
 
 
 def deploy(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
