@@ -158,9 +158,12 @@ def test_v2_infer_with_json_and_with_the_standard_client(server: str, photo_jpeg
     labels = {o["name"]: o for o in body["outputs"]}["label"]
     assert labels["shape"] == [1, 5] and labels["data"][0] == "espresso"
 
-    tritonclient = pytest.importorskip("tritonclient.http")
+    import tritonclient.http as tritonclient  # a test dependency: never skipped
+
     client = tritonclient.InferenceServerClient(server.removeprefix("http://"))
-    assert client.is_server_live() and client.is_model_ready(MODEL)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL)
+    assert client.get_server_metadata()["name"] == "streamscore"
+    assert client.get_model_metadata(MODEL)["inputs"][0]["datatype"] == "BYTES"
     images = np.array([photo_jpegs["coffee"], photo_jpegs["chelsea"]], dtype=object)
     inputs = [tritonclient.InferInput("image", [2], "BYTES")]
     inputs[0].set_data_from_numpy(images, binary_data=True)

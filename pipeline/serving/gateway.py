@@ -65,6 +65,17 @@ class Gateway:
                 raise ConfigError(f"routing for {model!r} names versions {missing} not in the repository")
 
     # ------------------------------------------------------------------ health and metadata
+    @http.get("/v2")
+    def server_metadata(self) -> dict[str, Any]:
+        """V2 server metadata (``tritonclient``'s ``get_server_metadata``)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            release = version("streamscore")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            release = "unknown"
+        return {"name": "streamscore", "version": release, "extensions": ["binary_tensor_data"]}
+
     @http.get("/v2/health/live")
     def live(self) -> dict[str, bool]:
         return {"live": True}
