@@ -30,8 +30,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module", params=["split", "fused"])
+def topology(request: pytest.FixtureRequest) -> str:
+    """Every test of the app runs against both layouts: split (the GPU one) and fused (the CPU default)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def server(ray_cluster, tmp_path_factory, topology: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app over a repository with EfficientNet-Lite0 and three versions of digits (same weights), with
     a routing policy for digits: 80/20 between versions 1 and 2, version 3 at weight 0, X-Region: cn -> 2."""
     from ray import serve
@@ -57,7 +63,7 @@ def server(ray_cluster, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-u
     config = ServeConfig(
         models_dir=str(root),
         max_request_bytes=3_000_000,
-        topology="split",  # the GPU layout; `streamscore serve` tests the fused one
+        topology=topology,
         preprocess_cpus=0.25,
         scorer_cpus=0.25,
         routing=routing,
@@ -82,19 +88,22 @@ def _request(
         return error.code, error.headers, json.loads(error.read())
 
 
-def test_autoscaling_settings_reach_serve(server: str) -> None:
+def test_autoscaling_settings_reach_serve(server: str, topology: str) -> None:
     from ray import serve
     from ray.serve.context import _get_global_client
 
     deployments = serve.status().applications["streamscore"].deployments
-    assert set(deployments) == {"Gateway", "Scorer", "ControlPlane"}
+    expected = {"Gateway", "Scorer", "ControlPlane"} if topology == "split" else {"Gateway", "ControlPlane"}
+    assert set(deployments) == expected
     assert all(d.status == "HEALTHY" for d in deployments.values())
     # Serve's own record of the deployed config (no public API exposes it yet).
     details = _get_global_client().get_serve_details()["applications"]["streamscore"]["deployments"]
     autoscaling = details["Gateway"]["deployment_config"]["autoscaling_config"]
     assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 2)
-    assert details["Scorer"]["deployment_config"].get("autoscaling_config") is None
-    assert details["Scorer"]["deployment_config"]["max_ongoing_requests"] == 64
+    assert details["Gateway"]["deployment_config"]["max_ongoing_requests"] == 64
+    if topology == "split":
+        assert details["Scorer"]["deployment_config"].get("autoscaling_config") is None
+        assert details["Scorer"]["deployment_config"]["max_ongoing_requests"] == 64
 
 
 def test_health_and_metadata(server: str) -> None:
