@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,12 +38,8 @@ def topology(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, tmp_path_factory, topology: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """The app over a repository with EfficientNet-Lite0 and three versions of digits (same weights), with
-    a routing policy for digits: 80/20 between versions 1 and 2, version 3 at weight 0, X-Region: cn -> 2."""
-    from ray import serve
-
-    from pipeline.serving.app import ServeConfig, deploy
+def served_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EfficientNet-Lite0 and four versions of digits (same weights; version 4 a broken upload)."""
     from tests.conftest import MODELS_DIR
 
     root = tmp_path_factory.mktemp("repository")
@@ -52,6 +49,17 @@ def server(ray_cluster, tmp_path_factory, topology: str) -> Iterator[str]:  # ty
         manifest = json.loads((root / "digits" / version / "manifest.json").read_text())
         (root / "digits" / version / "manifest.json").write_text(json.dumps(manifest | {"version": version}))
     (root / "digits" / "4" / "model.onnx").write_bytes(b"a broken upload, not an ONNX model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app over ``served_repository``, with a routing policy for digits: 80/20 between versions 1 and 2,
+    version 3 at weight 0, X-Region: cn -> 2, sticky by X-User."""
+    from ray import serve
+
+    from pipeline.serving.app import ServeConfig, deploy
+
     routing = {
         "digits": {
             "weights": {"1": 80, "2": 20, "3": 0},
@@ -61,7 +69,7 @@ def server(ray_cluster, tmp_path_factory, topology: str) -> Iterator[str]:  # ty
     }
     port = _free_port()
     config = ServeConfig(
-        models_dir=str(root),
+        models_dir=str(served_repository),
         max_request_bytes=3_000_000,
         topology=topology,
         preprocess_cpus=0.25,
@@ -232,6 +240,35 @@ def test_routing_weights_rules_sticky_and_explicit_versions(server: str, digit_f
     assert version("/predict/digits?version=3") == "3"  # an explicit version always wins
     for user in ("ana", "bo", "chen"):
         assert len({version(headers={"X-User": user}) for _ in range(8)}) == 1
+
+
+def test_a_version_added_while_serving_takes_no_traffic_until_routed(  # type: ignore[no-untyped-def]
+    server: str, served_repository: Path, photo_jpegs
+) -> None:
+    """The latest version at deploy time is pinned; a new folder in the repository is reachable only by name."""
+    root = served_repository
+    shutil.copytree(root / MODEL / "1", root / MODEL / "7")
+    manifest = json.loads((root / MODEL / "7" / "manifest.json").read_text())
+    (root / MODEL / "7" / "manifest.json").write_text(json.dumps(manifest | {"version": "7"}))
+    try:
+        versions = {_request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[2]["model_version"] for _ in range(8)}
+        assert versions == {"1"}
+        assert _request(f"{server}/predict/{MODEL}?version=7", photo_jpegs["coffee"])[2]["model_version"] == "7"
+    finally:
+        shutil.rmtree(root / MODEL / "7")
+
+
+def test_a_version_that_cannot_load_fails_only_its_own_requests(server: str, digit_files) -> None:  # type: ignore[no-untyped-def]
+    """Version 4 of digits is a broken upload that no check has refused yet: asking for it by name gets 503 with
+    the reason, and requests for a good version sent at the same moment still succeed."""
+    image = digit_files[0][0].read_bytes()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        broken = [pool.submit(_request, f"{server}/predict/digits?version=4", image) for _ in range(4)]
+        good = [pool.submit(_request, f"{server}/predict/digits?version=1", image) for _ in range(12)]
+        for future in broken:
+            status, _, body = future.result()
+            assert status == 503 and "version 4 of 'digits'" in body["error"], body
+        assert [f.result()[0] for f in good] == [200] * 12
 
 
 def test_metrics_count_requests_errors_latency_and_batches(server: str) -> None:

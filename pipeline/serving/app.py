@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 from typing import Any, Literal
 
@@ -26,6 +27,8 @@ from pipeline.models import ModelRepository
 from pipeline.output import predictions_table
 from pipeline.serving.routing import RoutingPolicy
 from pipeline.spec import GraphSpec
+
+logger = logging.getLogger(__name__)
 
 
 class ServeConfig(BaseModel):
@@ -121,6 +124,10 @@ class GraphCache:
             return list(self._entries)
 
 
+# (rows of the prediction table or None, requests that shared the batch, error or None)
+Scored = tuple[pa.Table | None, int, str | None]
+
+
 class ModelScorer:
     """Pixels -> prediction tables; concurrent requests are scored together, grouped by model version.
 
@@ -134,17 +141,24 @@ class ModelScorer:
         self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[misc, attr-defined]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # type: ignore[arg-type]
-    async def score(self, model_refs: list[str], pixels: list[np.ndarray]) -> list[tuple[pa.Table, int]]:  # type: ignore[misc]
-        """Each request gets its rows of the prediction table and how many requests shared its batch."""
-        results: list[pa.Table | None] = [None] * len(model_refs)
+    async def score(self, model_refs: list[str], pixels: list[np.ndarray]) -> list[Scored]:  # type: ignore[misc]
+        """Each request gets its rows of the prediction table, how many requests shared its batch, and an error
+        (None when scored). A version that fails fails only its own requests, not the batch."""
+        results: list[Scored] = [(None, len(model_refs), None)] * len(model_refs)
         for ref in dict.fromkeys(model_refs):
             members = [i for i, r in enumerate(model_refs) if r == ref]
-            table = await asyncio.to_thread(self._run, ref, np.concatenate([pixels[i] for i in members]))
+            try:
+                table = await asyncio.to_thread(self._run, ref, np.concatenate([pixels[i] for i in members]))
+            except Exception as exc:  # noqa: BLE001 - reported to each of this version's requests
+                logger.exception("scoring %s failed", ref)
+                for i in members:
+                    results[i] = (None, len(model_refs), f"{type(exc).__name__}: {exc}"[:500])
+                continue
             offset = 0
             for i in members:
-                results[i] = table.slice(offset, len(pixels[i]))
+                results[i] = (table.slice(offset, len(pixels[i])), len(model_refs), None)
                 offset += len(pixels[i])
-        return [(t, len(model_refs)) for t in results if t is not None]
+        return results
 
     def check(self, model_ref: str) -> None:
         """Load ``model_ref`` and score a warm-up batch; raise unless every output is finite."""
@@ -188,7 +202,7 @@ def build_app(config: ServeConfig) -> Any:
         "max_queued_requests": config.max_queued_requests,
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1),
     }
-    control = ControlPlane.bind(config.routing)  # type: ignore[attr-defined]
+    control = ControlPlane.bind(_routing_with_latest_pinned(config))  # type: ignore[attr-defined]
     gateway = Gateway.options(**limits, **scaling(config.preprocess_autoscaling, config.replicas))  # type: ignore[attr-defined]
     if config.topology == "fused":  # the gateway scores in its own replica
         resources = {"num_cpus": config.preprocess_cpus + config.scorer_cpus, "num_gpus": config.scorer_gpus}
@@ -199,6 +213,21 @@ def build_app(config: ServeConfig) -> Any:
         **scaling(config.scorer_autoscaling, config.scorer_replicas),
     ).bind(config)
     return gateway.options(ray_actor_options={"num_cpus": config.preprocess_cpus}).bind(config, scorer, control)
+
+
+def _routing_with_latest_pinned(config: ServeConfig) -> dict[str, RoutingPolicy]:
+    """The configured routing, plus each other model's latest version at deploy time taking all its traffic.
+
+    Pinned, a version added to the repository later takes traffic only after ``admin load`` has checked it
+    and the routing names it (an explicit version in the request still reaches it).
+    """
+    repository = ModelRepository(config.models_dir)
+    pinned = {
+        name: RoutingPolicy(weights={repository.resolve_version(name, None): 100})
+        for name in repository.names()
+        if name not in config.routing
+    }
+    return pinned | dict(config.routing)
 
 
 def deploy(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:

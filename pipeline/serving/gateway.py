@@ -23,7 +23,7 @@ from operators.base import ERROR, object_array
 from pipeline.errors import ConfigError, StreamScoreError
 from pipeline.models import ModelRepository, check_id
 from pipeline.serving import v2
-from pipeline.serving.app import GraphCache, ModelScorer, ServeConfig
+from pipeline.serving.app import GraphCache, ModelScorer, Scored, ServeConfig
 from pipeline.serving.metrics import GatewayMetrics
 from pipeline.serving.routing import RoutingPolicy
 
@@ -289,16 +289,21 @@ class Gateway:
     async def _score_now(self, name: str, version: str, images: list[bytes], labels: list[str]) -> Any:
         """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
         ref = f"{name}:{version}"
-        pixels, errors = await asyncio.to_thread(self._preprocess, ref, images)
+        try:
+            pixels, errors = await asyncio.to_thread(self._preprocess, ref, images)
+        except StreamScoreError as exc:  # the version's files cannot be loaded here
+            raise HttpError(503, f"version {version} of {name!r} cannot be loaded: {exc}") from None
         bad = [f"{label}: {e}" for label, e in zip(labels, errors, strict=True) if e is not None]
         if bad:
             raise HttpError(400, "; ".join(bad))
-        table, batch_requests = await self._score_pixels(ref, pixels)
+        table, batch_requests, error = await self._score_pixels(ref, pixels)
+        if error is not None:
+            raise HttpError(503, f"version {version} of {name!r} could not score: {error}")
         self._metrics.images.labels(name, version).inc(len(images))
         self._metrics.batch_size.labels(name, version).observe(batch_requests)
         return table
 
-    async def _score_pixels(self, model_ref: str, pixels: Any) -> tuple[Any, int]:
+    async def _score_pixels(self, model_ref: str, pixels: Any) -> Scored:
         if self._local_scorer is not None:  # fused: batched with this replica's other requests
             return await self._local_scorer.score(model_ref, pixels)  # type: ignore[misc, call-arg]
         return await self._scorer.score.remote(model_ref, pixels)
