@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -86,11 +85,9 @@ def served(
 
     from jobs.batch_score import connect_ray
     from pipeline.serving.app import ServeConfig, deploy
-    from pipeline.serving.ingress import use_fast_ingress
+    from pipeline.serving.ingress import free_app_port, use_fast_ingress
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_app_port()
     use_fast_ingress()
     connect_ray(None, num_cpus=os.cpu_count())
     deploy(ServeConfig(models_dir=models_dir), port=port)

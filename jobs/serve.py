@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from jobs.batch_score import connect_ray
     from pipeline.models import ModelRepository
     from pipeline.serving.app import deploy
-    from pipeline.serving.ingress import use_fast_ingress
+    from pipeline.serving.ingress import check_port, use_fast_ingress
 
     config = load_config(args)
     names = ModelRepository(config.models_dir).names()  # fail before Ray starts if the repository is wrong
@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     if not (args.address or os.environ.get("RAY_ADDRESS")):
         use_fast_ingress()  # a cluster's processes got their settings at `ray start` (see cluster.yaml)
+        check_port(args.port)
     connect_ray(args.address)
     deploy(config, args.host, args.port)
     logging.getLogger("streamscore").info(

@@ -377,10 +377,10 @@ def test_ray_job_api_refuses_clients_without_the_token(ray_head: RayHead) -> Non
 
 def test_streamscore_serve_answers_http_until_interrupted(tmp_path: Path) -> None:
     """`streamscore serve` starts its own Ray and Serve app, answers /predict, and stops cleanly on Ctrl-C."""
+    from pipeline.serving.ingress import free_app_port
+
     ray_tmpdir = _short_tmp_dir("ss-serve-")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_app_port()
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", "serve", "--models-dir", str(MODELS_DIR), "--port", str(port)],

@@ -6,7 +6,6 @@ import base64
 import concurrent.futures
 import json
 import shutil
-import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -23,12 +22,6 @@ from pipeline.spec import GraphSpec
 pytestmark = pytest.mark.slow
 MODEL = "efficientnet-lite0"
 ADMIN_TOKEN = "test-admin-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=["split", "fused"])
@@ -59,6 +52,7 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
     from ray import serve
 
     from pipeline.serving.app import ServeConfig, deploy
+    from pipeline.serving.ingress import free_app_port
 
     routing = {
         "digits": {
@@ -67,7 +61,7 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
             "sticky_header": "X-User",
         }
     }
-    port = _free_port()
+    port = free_app_port()
     config = ServeConfig(
         models_dir=str(served_repository),
         max_request_bytes=3_000_000,
@@ -480,3 +474,15 @@ def test_layout_is_settled_from_the_cluster_and_what_the_user_set_wins() -> None
     assert settled({"CPU": 8.0, "GPU": 1.0}, scorer_gpus=0) == ("fused", 0, 8, None)  # GPUs left alone
     assert settled({"CPU": 8.0}, topology="split", replicas=3) == ("split", 0.0, 3, 1)
     assert settled({"CPU": 8.0}, preprocess_cpus=1, scorer_cpus=1) == ("fused", 0.0, 4, None)
+
+
+def test_app_ports_that_serve_takes_for_itself_are_refused() -> None:
+    from pipeline.errors import ConfigError
+    from pipeline.serving.ingress import check_port, free_app_port
+
+    check_port(8000)
+    with pytest.raises(ConfigError, match="fallback HTTP proxy"):
+        check_port(8500)
+    with pytest.raises(ConfigError, match="ports 30000-31000"):
+        check_port(30500)
+    check_port(free_app_port())

@@ -15,6 +15,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
+
+from pipeline.errors import ConfigError
 
 FAST_INGRESS = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -49,3 +52,49 @@ def use_fast_ingress() -> dict[str, str]:
     for name, value in wanted.items():
         os.environ.setdefault(name, value)
     return {name: os.environ[name] for name in FAST_INGRESS if name in os.environ}
+
+
+def reserved_ports() -> dict[str, range]:
+    """Ports that Serve takes for itself with HAProxy and direct ingress, by what takes them (Ray's defaults
+    unless overridden in the environment). An app on one of them failed to start, measured: HAProxy could not
+    bind 8500, which Serve's fallback proxy holds."""
+
+    def port(name: str, default: int) -> int:
+        return int(os.environ.get(name, default))
+
+    def span(low: str, low_default: int, high: str, high_default: int) -> range:
+        return range(port(low, low_default), port(high, high_default) + 1)
+
+    return {
+        "Serve's fallback HTTP proxy": _one(port("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", 8500)),
+        "Serve's fallback gRPC proxy": _one(port("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", 9500)),
+        "HAProxy's stats page": _one(port("RAY_SERVE_HAPROXY_STATS_PORT", 8404)),
+        "replicas' own HTTP servers": span(
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", 30000, "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", 31000
+        ),
+        "replicas' own gRPC servers": span(
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT", 40000, "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT", 41000
+        ),
+    }
+
+
+def check_port(port: int) -> None:
+    """Refuse an app port that Serve's own servers may take (the app would fail to start, or fail later)."""
+    for owner, ports in reserved_ports().items():
+        if port in ports:
+            where = f" (ports {ports.start}-{ports.stop - 1})" if len(ports) > 1 else ""
+            raise ConfigError(f"port {port} is taken by {owner}{where}; choose another")
+
+
+def _one(port: int) -> range:
+    return range(port, port + 1)
+
+
+def free_app_port(host: str = "127.0.0.1") -> int:
+    """A port free now on ``host`` that Serve's own servers will not take (for tests and the benchmark)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if not any(port in ports for ports in reserved_ports().values()):
+            return port
