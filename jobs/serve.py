@@ -22,7 +22,11 @@ from pipeline.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models-dir", help="model repository root, path or URI (default: models)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        help="address to listen on (default: 127.0.0.1 on a local Ray; 0.0.0.0 on a cluster, where HAProxy on one "
+        "node forwards to replicas on the others)",
+    )
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--config", help="YAML or JSON file of serving settings (see pipeline/serving/app.py)")
     parser.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local Ray")
@@ -66,15 +70,17 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    if not (args.address or os.environ.get("RAY_ADDRESS")):
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    if not on_cluster:
         use_fast_ingress()  # a cluster's processes got their settings at `ray start` (see cluster.yaml)
         check_port(args.port)
+    host = args.host or ("0.0.0.0" if on_cluster else "127.0.0.1")
     connect_ray(args.address)
-    deploy(config, args.host, args.port)
+    deploy(config, host, args.port)
     logging.getLogger("streamscore").info(
         "serving %s on http://%s:%d (V2: /v2/models/{name}/infer; people: POST /predict/{name}); Ctrl-C stops",
         ", ".join(names),
-        args.host,
+        host,
         args.port,
     )
     stop.wait()

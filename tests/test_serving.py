@@ -198,6 +198,11 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     assert status == 504 and "not scored within" in body["error"]
     status, _, body = _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"], {"X-Request-Timeout-S": "soon"})
     assert status == 400 and "X-Request-Timeout-S" in body["error"]
+    status, _, body = _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"], {"X-Request-Timeout-S": "0"})
+    assert status == 400 and "positive" in body["error"]
+    malformed = {"Content-Type": "multipart/form-data; boundary=x"}
+    status, _, body = _request(f"{server}/predict/{MODEL}", b"--x\r\nContent-Disposition: form-data\r\n", malformed)
+    assert 400 <= status < 500 and body["error"]
     # The replicas survived all of that.
     assert _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
 
@@ -283,7 +288,7 @@ def test_metrics_count_requests_errors_latency_and_batches(server: str) -> None:
     assert ok >= 30  # the concurrency test alone sent 32
     assert value("streamscore_requests", "_total", model=MODEL, status="400") >= 2
     assert value("streamscore_requests", "_total", model=MODEL, status="413") >= 1
-    assert value("streamscore_requests", "_total", model="no-such-model", status="404") >= 1
+    assert value("streamscore_requests", "_total", model="unknown", status="404") >= 1  # bounded labels
     assert value("streamscore_requests", "_total", model="digits", version="3") >= 1
     assert value("streamscore_request_latency_seconds", "_count", model=MODEL, version="1") >= ok
     assert value("streamscore_batch_requests", "_count", model=MODEL, version="1") >= ok

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from operators.base import ERROR, object_array
-from pipeline.graph import Graph, Stage, build_graph
+from pipeline.graph import Graph, Stage, graph_for_model
 from pipeline.models import ModelRepository
 from pipeline.output import predictions_table
 from pipeline.serving.routing import RoutingPolicy
@@ -86,6 +86,8 @@ class ServeConfig(BaseModel):
         topology = self.topology if self.topology != "auto" else ("split" if scorer_gpus > 0 else "fused")
         if topology == "fused":
             replicas = self.replicas or max(1, int(cpus // (self.preprocess_cpus + self.scorer_cpus)))
+            if scorer_gpus > 0 and not self.replicas:  # each replica also holds its share of a GPU
+                replicas = max(1, min(replicas, int(gpus // scorer_gpus)))
             scorer_replicas = None
         else:
             scorer_replicas = self.scorer_replicas or (max(1, int(gpus // scorer_gpus)) if scorer_gpus > 0 else 1)
@@ -96,8 +98,9 @@ class ServeConfig(BaseModel):
 
 class GraphCache:
     """One half of the graph (``"preprocess"`` or ``"inference"``) per ``name:version``, built on first use;
-    the least recently used go past ``capacity``. Each deployment builds only its half, so the gateway never
-    opens an ONNX Runtime session. Thread-safe: the gateway preprocesses in worker threads."""
+    the least recently used go past ``capacity``. Each deployment builds only its half: the gateway reads the
+    manifest and labels but never opens an ONNX Runtime session (the scorer checks the graph). Thread-safe:
+    the gateway preprocesses in worker threads; a version being built never holds up the others."""
 
     def __init__(self, config: ServeConfig, half: str, device: str = "cpu") -> None:
         self._repository = ModelRepository(config.models_dir)
@@ -105,18 +108,31 @@ class GraphCache:
         self._half, self._device = half, device
         self._capacity = config.max_cached_versions
         self._entries: collections.OrderedDict[str, tuple[Graph, Stage]] = collections.OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _entries and _building, held only briefly
+        self._building: dict[str, threading.Lock] = {}
 
     def get(self, model_ref: str) -> tuple[Graph, Stage]:
         with self._lock:
-            if model_ref not in self._entries:
-                graph = build_graph(self._spec.model_copy(update={"model": model_ref}), self._repository)
-                graph = graph.on_device(self._device)
-                self._entries[model_ref] = (graph, Stage(getattr(graph, self._half)))
+            if model_ref in self._entries:
+                self._entries.move_to_end(model_ref)
+                return self._entries[model_ref]
+            building = self._building.setdefault(model_ref, threading.Lock())
+        with building:  # one build per version; requests for it wait, the rest go on
+            with self._lock:
+                if model_ref in self._entries:
+                    return self._entries[model_ref]
+            entry = self._build(model_ref)
+            with self._lock:
+                self._entries[model_ref] = entry
+                self._building.pop(model_ref, None)
                 while len(self._entries) > self._capacity:
                     self._entries.popitem(last=False)
-            self._entries.move_to_end(model_ref)
-            return self._entries[model_ref]
+            return entry
+
+    def _build(self, model_ref: str) -> tuple[Graph, Stage]:
+        model = self._repository.load(model_ref, check_graph=self._half == "inference")
+        graph = graph_for_model(self._spec.model_copy(update={"model": model_ref}), model).on_device(self._device)
+        return graph, Stage(getattr(graph, self._half))
 
     def cached(self) -> list[str]:
         """The versions held now, least recently used first."""
@@ -174,10 +190,16 @@ class ModelScorer:
         return self._graphs.cached()
 
     def _run(self, model_ref: str, pixels: np.ndarray) -> pa.Table:
+        """Score ``pixels``; raise if any row failed (the infer operator turns a failed ONNX Runtime call into
+        error rows, which a batch job keeps and a request must not answer with)."""
         graph, inference = self._graphs.get(model_ref)
         n = len(pixels)
         batch = {"id": object_array([str(i) for i in range(n)]), "pixels": pixels, ERROR: np.full(n, None, object)}
-        return predictions_table(inference(batch), graph.model)
+        table = predictions_table(inference(batch), graph.model)
+        errors = [e for e in table.column(ERROR).to_pylist() if e is not None]
+        if errors:
+            raise RuntimeError(errors[0])
+        return table
 
 
 Scorer = serve.deployment(ModelScorer, name="Scorer")

@@ -9,6 +9,7 @@ Every scoring response names the version that served it, in the body and in ``X-
 
 import asyncio
 import hmac
+import logging
 import os
 import random
 import time
@@ -18,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from operators.base import ERROR, object_array
 from pipeline.errors import ConfigError, StreamScoreError
@@ -28,6 +30,7 @@ from pipeline.serving.metrics import GatewayMetrics
 from pipeline.serving.routing import RoutingPolicy
 
 STATE_REFRESH_S = 0.5
+logger = logging.getLogger(__name__)
 
 http = FastAPI(title="StreamScore")
 
@@ -41,6 +44,12 @@ class HttpError(Exception):
 @http.exception_handler(HttpError)
 async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
     return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+
+@http.exception_handler(StarletteHTTPException)
+async def _starlette_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (bad multipart, unknown route) in our shape: ``{"error": ...}``."""
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
 @serve.deployment
@@ -152,13 +161,18 @@ class Gateway:
             response = await handler(name, resolved, request)
             status = response.status_code
             return response
+        except StarletteHTTPException as exc:  # e.g. a malformed multipart body
+            status = exc.status_code
+            raise
         except HttpError as exc:
             status = exc.status
             if resolved != "none":  # a request refused after routing still names the version it went to
                 exc.headers.setdefault("X-Model-Version", resolved)
             raise
         finally:
-            self._metrics.observe(name, resolved, endpoint, status, time.perf_counter() - start)
+            # A name that resolved to no version is not a model: one label for all of them keeps /metrics bounded.
+            model = name if resolved != "none" else "unknown"
+            self._metrics.observe(model, resolved, endpoint, status, time.perf_counter() - start)
 
     async def _refresh(self, force: bool = False) -> None:
         if force or time.monotonic() - self._state_time > STATE_REFRESH_S:
@@ -278,13 +292,20 @@ class Gateway:
             try:
                 timeout = min(timeout, float(asked))
             except ValueError:
-                raise HttpError(400, f"X-Request-Timeout-S must be a number of seconds, got {asked!r}") from None
+                timeout = -1.0
+            if not timeout > 0:
+                raise HttpError(400, f"X-Request-Timeout-S must be a positive number of seconds, got {asked!r}")
         try:
             return await asyncio.wait_for(self._score_now(name, version, images, labels), timeout)
         except TimeoutError:
             raise HttpError(504, f"not scored within {timeout:g} s") from None
         except BackPressureError:
             raise HttpError(503, "the scoring queues are full; retry shortly", {"Retry-After": "1"}) from None
+        except HttpError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a dead scorer replica, a storage error: the server's fault, said so
+            logger.exception("scoring %s:%s failed", name, version)
+            raise HttpError(503, f"version {version} of {name!r} could not score: {type(exc).__name__}") from None
 
     async def _score_now(self, name: str, version: str, images: list[bytes], labels: list[str]) -> Any:
         """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
