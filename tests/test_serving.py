@@ -479,6 +479,9 @@ def test_layout_is_settled_from_the_cluster_and_what_the_user_set_wins() -> None
     assert settled({"CPU": 8.0, "GPU": 1.0}, scorer_gpus=0) == ("fused", 0, 8, None)  # GPUs left alone
     assert settled({"CPU": 8.0}, topology="split", replicas=3) == ("split", 0.0, 3, 1)
     assert settled({"CPU": 8.0}, preprocess_cpus=1, scorer_cpus=1) == ("fused", 0.0, 4, None)
+    assert settled({"CPU": 8.0}, scorer_replicas=2) == ("split", 0.0, 7, 2)  # a scorer sized apart: split
+    with pytest.raises(ValueError, match="split topology"):
+        ServeConfig(topology="fused", scorer_autoscaling={"min_replicas": 1, "max_replicas": 4})
 
 
 def test_app_ports_that_serve_takes_for_itself_are_refused() -> None:
