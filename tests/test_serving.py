@@ -200,6 +200,18 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     assert status == 400 and "X-Request-Timeout-S" in body["error"]
     status, _, body = _request(f"{server}/predict/{MODEL}", photo_jpegs["coffee"], {"X-Request-Timeout-S": "0"})
     assert status == 400 and "positive" in body["error"]
+    # A chunked multipart upload (no Content-Length) over the limit: refused while streaming, not parsed.
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(server)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    chunks = iter([b"--x\r\nContent-Disposition: form-data; name=f; filename=a.jpg\r\n\r\n"] + [b"0" * 500_000] * 8)
+    connection.request("POST", f"/predict/{MODEL}", body=chunks, encode_chunked=True,
+                       headers={"Content-Type": "multipart/form-data; boundary=x"})  # fmt: skip
+    response = connection.getresponse()
+    assert response.status == 413 and b"limit" in response.read()
+    connection.close()
     malformed = {"Content-Type": "multipart/form-data; boundary=x"}
     status, _, body = _request(f"{server}/predict/{MODEL}", b"--x\r\nContent-Disposition: form-data\r\n", malformed)
     assert 400 <= status < 500 and body["error"]

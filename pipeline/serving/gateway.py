@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from operators.base import ERROR, object_array
 from pipeline.errors import ConfigError, StreamScoreError
@@ -133,8 +135,18 @@ class Gateway:
 
     async def _predict(self, name: str, resolved: str, request: Request) -> JSONResponse:
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            self._check_declared_length(request)
-            form = await request.form(max_part_size=self._config.max_request_bytes)
+            # Read within the limit first: Starlette limits the size of fields, not of files (a chunked upload
+            # without Content-Length would otherwise have no bound).
+            body = await self._read_body(request)
+
+            async def replay() -> AsyncGenerator[bytes, None]:
+                yield body
+
+            parser = MultiPartParser(request.headers, replay(), max_part_size=self._config.max_request_bytes)
+            try:
+                form = await parser.parse()
+            except MultiPartException as exc:
+                raise HttpError(400, f"bad multipart upload: {exc.message}") from None
             files = [(str(getattr(f, "filename", "") or key), await f.read()) for key, f in form.multi_items()
                      if hasattr(f, "read")]  # fmt: skip
             if not files:
