@@ -204,9 +204,9 @@ class ModelScorer:
         n = len(pixels)
         batch = {"id": object_array([str(i) for i in range(n)]), "pixels": pixels, ERROR: np.full(n, None, object)}
         table = predictions_table(inference(batch), graph.model)
-        errors = [e for e in table.column(ERROR).to_pylist() if e is not None]
-        if errors:
-            raise RuntimeError(errors[0])
+        errors = table.column(ERROR).drop_null()
+        if len(errors):
+            raise RuntimeError(errors[0].as_py())
         return table
 
 

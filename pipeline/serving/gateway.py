@@ -9,6 +9,7 @@ Every scoring response names the version that served it, in the body and in ``X-
 
 import asyncio
 import hmac
+import inspect
 import logging
 import os
 import random
@@ -337,21 +338,24 @@ class Gateway:
         return table
 
     async def _score_pixels(self, model_ref: str, pixels: Any) -> Scored:
-        if self._local_scorer is not None:  # fused: batched with this replica's other requests
-            return await self._local_scorer.score(model_ref, pixels)  # type: ignore[misc, call-arg]
-        return await self._scorer.score.remote(model_ref, pixels)
+        return await self._call_scorer("score", model_ref, pixels)  # type: ignore[no-any-return]
 
     async def _loaded_versions(self) -> list[str]:
         """``name:version`` held by the scorer that answers (one replica's view; LRU, bounded)."""
-        if self._local_scorer is not None:
-            return self._local_scorer.loaded()
-        return list(await self._scorer.loaded.remote())
+        return list(await self._call_scorer("loaded"))
 
     async def _check_version(self, model_ref: str) -> None:
-        if self._local_scorer is not None:
-            await asyncio.to_thread(self._local_scorer.check, model_ref)
-        else:
-            await self._scorer.check.remote(model_ref)
+        await self._call_scorer("check", model_ref)
+
+    async def _call_scorer(self, method: str, *args: Any) -> Any:
+        """Call the Scorer deployment's ``method`` (split), or the one in this replica (fused: ``score`` is
+        batched with this replica's other requests; the rest run in a worker thread)."""
+        if self._local_scorer is None:
+            return await getattr(self._scorer, method).remote(*args)
+        local = getattr(self._local_scorer, method)
+        if inspect.iscoroutinefunction(local):
+            return await local(*args)
+        return await asyncio.to_thread(local, *args)
 
     def _preprocess(self, model_ref: str, images: list[bytes]) -> tuple[Any, list[str | None]]:
         """Encoded images -> uint8 pixels ``(N, H, W, C)`` and a per-image error (or None)."""
