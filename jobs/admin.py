@@ -1,8 +1,8 @@
 """``streamscore admin``: the Serve app's admin API from the command line (load, routing, retire).
 
-    streamscore admin load digits 2
-    streamscore admin routing digits --set '{"weights": {"1": 95, "2": 5}}'
-    streamscore admin retire digits 1
+example: streamscore admin load digits 2
+example: streamscore admin routing digits --set '{"weights": {"1": 95, "2": 5}}'
+example: streamscore admin retire digits 1
 
 The token comes from ``--token`` or ``STREAMSCORE_ADMIN_TOKEN``; the app from ``--url`` (default
 http://127.0.0.1:8000).
@@ -17,7 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from pipeline.errors import ConfigError
+from common.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,58 +11,59 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if __package__ in (None, ""):  # run as a script (ray job submit): make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.errors import ErrorBudgetExceeded, StreamScoreError  # noqa: E402
+from common.errors import ErrorBudgetExceeded  # noqa: E402
+from jobs import console  # noqa: E402
+from jobs.options import add_scoring_options, described, scoring_options  # noqa: E402
 from pipeline.planner import ResourceOverrides  # noqa: E402
-from pipeline.spec import DecodeOptions, GraphSpec  # noqa: E402
 
 if TYPE_CHECKING:
-    from pipeline.batch import RunSummary
+    from pipeline.run_summary import RunSummary
 
-logger = logging.getLogger("streamscore")
+EXAMPLE = "example: streamscore score jobs/demo_images out/demo --model efficientnet-lite0 --overwrite --show 5"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLE
     parser.add_argument("input", help="a folder (read recursively), a glob, a .txt file of URIs, or a Parquet dataset")
     parser.add_argument("output", help="output folder for the Parquet predictions (local path or URI)")
-    parser.add_argument("--model", required=True, help="NAME or NAME:VERSION (latest version if omitted)")
-    parser.add_argument("--models-dir", default="models", help="model repository root, path or URI (default: models)")
-    parser.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local Ray")
-    parser.add_argument("--input-format", default="auto", choices=["auto", "folder", "glob", "uri_list", "parquet"])
-    parser.add_argument("--id-column", default="id", help="Parquet input: the id column (default: id)")
+    parser.add_argument("--model", required=True, help="NAME or NAME:VERSION (the latest version if omitted)")
+    console.add_models_dir(parser)
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray for this run)")
     parser.add_argument(
-        "--bytes-column", default="image", help="Parquet input: the image bytes column (default: image)"
+        "--input-format",
+        choices=["auto", "folder", "glob", "uri_list", "parquet"],
+        help="what INPUT is (default: auto, from its name and contents)",
     )
+    parser.add_argument("--id-column", help="Parquet input: the id column (default: id)")
+    parser.add_argument("--bytes-column", help="Parquet input: the image bytes column (default: image)")
     parser.add_argument("--overwrite", action="store_true", help="replace the output folder's contents")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--raw-outputs", action="store_true", help="also write the model's raw output vector")
-    parser.add_argument("--decode-backend", default="pillow", choices=["pillow", "opencv"])
-    parser.add_argument("--resize-backend", default="pillow", choices=["pillow", "opencv"])
-    parser.add_argument("--max-pixels", type=int, default=50_000_000, help="refuse images with more pixels")
     parser.add_argument(
         "--max-error-fraction",
         type=float,
-        default=None,
-        help="fail the run (exit 3) when more than this share of rows are errors; every row is written anyway",
+        help="fail the run (exit 3) when more than this share of rows are errors; every row is written anyway "
+        "(default: no limit)",
     )
+    add_scoring_options(parser)
     tuning = parser.add_argument_group("resources (derived from the cluster unless set)")
-    tuning.add_argument("--layout", default="auto", choices=["auto", "fused", "split"])
-    tuning.add_argument("--batch-size", type=int)
+    r = ResourceOverrides
+    tuning.add_argument("--layout", choices=["auto", "fused", "split"], help=described(r, "layout", "actor layout"))
+    tuning.add_argument("--batch-size", type=int, help="images per block")
     tuning.add_argument("--preprocess-actors", type=int)
     tuning.add_argument("--inference-actors", type=int)
     tuning.add_argument("--cpus-per-preprocess-actor", type=float)
     tuning.add_argument("--cpus-per-inference-actor", type=float)
     tuning.add_argument("--gpus-per-inference-actor", type=float)
-    tuning.add_argument("--ort-threads", type=int)
+    tuning.add_argument("--ort-threads", type=int, help="ONNX Runtime intra-op threads per inference actor")
     tuning.add_argument("--rows-per-ort-call", type=int, help="split each batch into ORT calls of this many rows")
     tuning.add_argument("--reserved-cpus", type=float, help="CPUs kept free for Ray Data read/write tasks")
     parser.add_argument("--summary-json", help="also write the closing summary as JSON to this path")
@@ -71,18 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> ResourceOverrides:
-    return ResourceOverrides(
-        layout=args.layout,
-        batch_size=args.batch_size,
-        preprocess_actors=args.preprocess_actors,
-        inference_actors=args.inference_actors,
-        cpus_per_preprocess_actor=args.cpus_per_preprocess_actor,
-        cpus_per_inference_actor=args.cpus_per_inference_actor,
-        gpus_per_inference_actor=args.gpus_per_inference_actor,
-        ort_threads=args.ort_threads,
-        rows_per_ort_call=args.rows_per_ort_call,
-        reserved_cpus=args.reserved_cpus,
-    )
+    given = {name: getattr(args, name, None) for name in ResourceOverrides.model_fields}
+    return ResourceOverrides(**{name: value for name, value in given.items() if value is not None})
 
 
 class _Progress:
@@ -92,26 +83,30 @@ class _Progress:
         self.total, self.enabled, self.start = total, enabled and sys.stderr.isatty(), time.perf_counter()
 
     def __call__(self, rows: int, errors: int) -> None:
-        if not self.enabled:
-            return
-        rate = rows / max(time.perf_counter() - self.start, 1e-9)
-        of = f"/{self.total}" if self.total else ""
-        bar = ""
-        if self.total:
-            filled = int(30 * rows / self.total)
-            bar = "[" + "#" * filled + "." * (30 - filled) + "] "
-        sys.stderr.write(f"\r{bar}{rows}{of} rows  {rate:.1f} img/s  {errors} errors")
-        sys.stderr.flush()
+        if self.enabled:
+            sys.stderr.write("\r" + progress_line(rows, errors, self.total, time.perf_counter() - self.start))
+            sys.stderr.flush()
 
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
 
 
+def progress_line(rows: int, errors: int, total: int | None, seconds: float) -> str:
+    from pipeline.run_summary import plural
+
+    bar = ""
+    if total:
+        filled = int(30 * rows / total)
+        bar = "[" + "#" * filled + "." * (30 - filled) + "] "
+    of = f"/{total}" if total else ""
+    return f"{bar}{rows}{of} rows  {rows / max(seconds, 1e-9):.1f} img/s  {plural(errors, 'error')}"
+
+
 def _show(output: str, limit: int) -> None:
     import pyarrow.dataset as pads
 
-    from pipeline.filesystems import resolve
+    from common.filesystems import resolve
 
     filesystem, path = resolve(output)
     table = pads.dataset(path, filesystem=filesystem, format="parquet").to_table().sort_by("id").slice(0, limit)
@@ -123,34 +118,7 @@ def _show(output: str, limit: int) -> None:
             print(f"{row['id']}: {row['label']} ({row['score']:.3f})  top: {top}")
 
 
-def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``); without one, start a local instance for this run.
-
-    A local instance lives only as long as this command, so it starts without the dashboard, whose
-    processes would take CPU from the actors (measured: about 3% of a 2-core machine).
-    """
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-    else:
-        # "local": never join a cluster that `ray start` left running on this machine without being asked.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
-    _quiet_ray_data_console()
-
-
-def _quiet_ray_data_console() -> None:
-    """Ray Data's per-dataset chatter on the console ("Starting execution", "Progress bars disabled") would
-    bury our progress line and summary; its file log in the session's logs/ray-data folder keeps it all."""
-    import ray.data  # noqa: F401 - configures Ray Data's loggers, which we then adjust
-
-    for handler in logging.getLogger("ray.data").handlers:
-        if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
-            handler.setLevel(logging.ERROR)
-
-
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     import ray
 
     from pipeline.batch import run_batch
@@ -160,20 +128,18 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.sources import FileListing, detect_source
     from pipeline.writer import check_output
 
+    started_at = started_at if started_at is not None else time.perf_counter()
     # Everything that can be checked without data is checked before Ray starts.
-    spec = GraphSpec(
-        model=args.model,
-        decode=DecodeOptions(backend=args.decode_backend, max_pixels=args.max_pixels),
-        resize_backend=args.resize_backend,
-        top_k=args.top_k,
-        keep_raw_output=args.raw_outputs,
-    )
+    options = scoring_options(args)
     overrides = _overrides(args)
-    source = detect_source(args.input, args.input_format, args.id_column, args.bytes_column)
-    graph = build_graph(spec, ModelRepository(args.models_dir), read_files=isinstance(source, FileListing))
+    source = detect_source(
+        args.input, args.input_format or "auto", args.id_column or "id", args.bytes_column or "image"
+    )
+    repository = ModelRepository(console.models_dir(args))
+    graph = build_graph(args.model, repository, options, read_files=isinstance(source, FileListing))
     check_output(args.output, args.overwrite)
 
-    connect_ray(args.address)
+    console.connect_ray(args.address)
     plan = plan_resources(ray.cluster_resources(), overrides)
     progress = _Progress(source.table.num_rows if isinstance(source, FileListing) else None, not args.quiet)
     try:
@@ -185,10 +151,11 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             max_error_fraction=args.max_error_fraction,
             on_progress=progress,
+            started_at=started_at,
         )
     except ErrorBudgetExceeded as exc:
         progress.close()
-        _report(exc.summary, args)  # the output is complete; say what is in it, then fail
+        _report(exc.summary, args)  # type: ignore[arg-type]  # the output is complete; say what is in it, then fail
         print(f"streamscore: {exc}", file=sys.stderr)
         return 3
     progress.close()
@@ -201,20 +168,18 @@ def _report(summary: RunSummary, args: argparse.Namespace) -> None:
     if args.show:
         _show(args.output, args.show)
     if args.summary_json:
-        with open(args.summary_json, "w", encoding="utf-8") as handle:
-            json.dump({**summary.__dict__, "images_per_s": summary.images_per_s}, handle, indent=2)
+        Path(args.summary_json).write_text(json.dumps(summary.as_json(), indent=2) + "\n", encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="batch_score", description=__doc__.split("\n")[0])
+    started_at = console.process_started_at()
+    parser = argparse.ArgumentParser(
+        prog="batch_score", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except StreamScoreError as exc:
-        print(f"streamscore: error: {exc}", file=sys.stderr)
-        return 2
+    console.setup_logging()
+    return console.run_command(lambda: run(args, started_at))
 
 
 if __name__ == "__main__":

@@ -258,15 +258,12 @@ def run_streamscore(cfg: dict[str, Any]) -> dict[str, Any]:
     from pipeline.models import ModelRepository
     from pipeline.planner import plan_resources
     from pipeline.sources import FileListing, detect_source
-    from pipeline.spec import GraphSpec
 
     # In the CLI's order: input listed and model checked before Ray starts; the clock starts after ray.init,
     # as for the other Ray scenario.
     source = detect_source(cfg["images_dir"] if cfg["input_format"] == "files" else cfg["parquet"])
     repository = ModelRepository(cfg["models_dir"])
-    graph = build_graph(
-        GraphSpec(model=f"{cfg['model']}:{cfg['version']}"), repository, read_files=isinstance(source, FileListing)
-    )
+    graph = build_graph(f"{cfg['model']}:{cfg['version']}", repository, read_files=isinstance(source, FileListing))
     init_start = time.perf_counter()
     connect_ray(None, num_cpus=cfg["cpu_count"])
     start = time.perf_counter()

@@ -31,9 +31,8 @@ def in_process(model: str, models_dir: str, images: list[bytes], rounds: int) ->
     """The graph called directly on one image at a time: what a request costs without Serve."""
     from pipeline.graph import build_graph
     from pipeline.models import ModelRepository
-    from pipeline.spec import GraphSpec
 
-    graph = build_graph(GraphSpec(model=model), ModelRepository(models_dir))
+    graph = build_graph(model, ModelRepository(models_dir))
     graph.run(images[:1])  # warm-up: sessions and allocations
     latencies = []
     for i in range(rounds):

@@ -1,71 +1,77 @@
-"""The ``streamscore`` command: ``score``, ``models list`` and ``models import``."""
+"""The ``streamscore`` command: ``score``, ``serve``, ``admin`` and ``models list``."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from jobs import admin, batch_score, serve
-from pipeline.errors import StreamScoreError
+from jobs import admin, batch_score, console, serve
+
+_FORMAT = argparse.RawDescriptionHelpFormatter
 
 
 def _models_list(args: argparse.Namespace) -> int:
     from pipeline.models import ModelRepository
 
-    repository = ModelRepository(args.models_dir)
-    for name in repository.names():
-        print(f"{name}: versions {', '.join(repository.versions(name))}")
-    return 0
-
-
-def _models_import(args: argparse.Namespace) -> int:
-    from pipeline.model_builders import builder
-
-    folder = builder(args.name)(Path(args.models_dir), args.version)
-    print(f"wrote {folder}")
+    root = console.models_dir(args)
+    repository = ModelRepository(root)
+    names = repository.names()
+    if not names:
+        print(f"no models in {root}", file=sys.stderr)
+        return 1
+    print(f"models in {root}:")
+    for name in names:
+        print(f"  {name}: versions {', '.join(repository.versions(name))}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamscore", description="Images to model predictions, at any scale.")
+    parser = argparse.ArgumentParser(
+        prog="streamscore",
+        description="Images to model predictions, at any scale.",
+        epilog=batch_score.EXAMPLE,
+        formatter_class=_FORMAT,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    score = commands.add_parser("score", help="score images into a Parquet dataset (Ray Data)")
+    score = commands.add_parser(
+        "score", help="score images into a Parquet dataset (Ray Data)", description=batch_score.__doc__,
+        formatter_class=_FORMAT,
+    )  # fmt: skip
     batch_score.add_arguments(score)
     score.set_defaults(handler=batch_score.run)
 
-    serving = commands.add_parser("serve", help="serve every model of the repository over HTTP (Ray Serve)")
+    serving = commands.add_parser(
+        "serve", help="serve every model of the repository over HTTP (Ray Serve)", description=serve.__doc__,
+        formatter_class=_FORMAT,
+    )  # fmt: skip
     serve.add_arguments(serving)
     serving.set_defaults(handler=serve.run)
 
-    administer = commands.add_parser("admin", help="change a running Serve app: load, routing, retire")
+    administer = commands.add_parser(
+        "admin", help="change a running Serve app: load, routing, retire", description=admin.__doc__,
+        formatter_class=_FORMAT,
+    )  # fmt: skip
     admin.add_arguments(administer)
     administer.set_defaults(handler=admin.run)
 
-    models = commands.add_parser("models", help="the model repository").add_subparsers(
-        dest="models_command", required=True
-    )
-    listing = models.add_parser("list", help="list models and versions")
-    listing.add_argument("--models-dir", default="models")
+    models = commands.add_parser("models", help="the model repository", formatter_class=_FORMAT)
+    listing = models.add_subparsers(dest="models_command", required=True).add_parser(
+        "list", help="list models and versions", epilog="example: streamscore models list --models-dir models",
+        formatter_class=_FORMAT,
+    )  # fmt: skip
+    console.add_models_dir(listing)
     listing.set_defaults(handler=_models_list)
-    importer = models.add_parser("import", help="build a model into the repository from its source (needs [build])")
-    importer.add_argument("name", help="digits, efficientnet-lite0, resnet50-shaped or mobilenetv2-shaped")
-    importer.add_argument("--models-dir", default="models")
-    importer.add_argument("--version", default="1")
-    importer.set_defaults(handler=_models_import)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started_at = console.process_started_at()
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.handler(args))
-    except StreamScoreError as exc:
-        print(f"streamscore: error: {exc}", file=sys.stderr)
-        return 2
+    console.setup_logging()
+    if args.handler is batch_score.run:
+        return console.run_command(lambda: batch_score.run(args, started_at))
+    return console.run_command(lambda: int(args.handler(args)))
 
 
 if __name__ == "__main__":

@@ -1,39 +1,52 @@
 """Online entry point: ``streamscore serve`` runs the Serve app over every model in the repository.
 
-    streamscore serve [--models-dir DIR] [--port N] [--config FILE]
+    streamscore serve [--models-dir DIR] [--port N] [--config FILE] [scoring options]
 
-``--config`` takes a YAML or JSON file of ``ServeConfig`` fields (flags given on the command line win). The
-same app deploys with Serve's own tools: ``serve run jobs/serve_config.yaml`` or ``serve deploy``.
+``--config`` takes a YAML or JSON file of ``ServeConfig`` fields (see pipeline/serving/config.py); flags given
+on the command line win. The admin token comes from ``STREAMSCORE_ADMIN_TOKEN`` (or the file's
+``admin_token``). The same app deploys with Serve's own tools: ``serve run jobs/serve_config.yaml``.
+
+example: streamscore serve --port 8000 --top-k 3
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pydantic import ValidationError
+
+from common.errors import ConfigError
+from jobs import console
+from jobs.options import add_scoring_options, scoring_options
+
+DEFAULT_PORT = 8000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models-dir", help="model repository root, path or URI (default: models)")
+    console.add_models_dir(parser)
     parser.add_argument(
         "--host",
         help="address to listen on (default: 127.0.0.1 on a local Ray; 0.0.0.0 on a cluster, where HAProxy on one "
         "node forwards to replicas on the others)",
     )
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--config", help="YAML or JSON file of serving settings (see pipeline/serving/app.py)")
-    parser.add_argument("--address", default=None, help="Ray cluster address; default: RAY_ADDRESS, else a local Ray")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default: {DEFAULT_PORT})")
+    parser.add_argument("--config", help="YAML or JSON file of serving settings (see pipeline/serving/config.py)")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    add_scoring_options(parser)
 
 
 def load_config(args: argparse.Namespace) -> Any:
-    from pipeline.serving.app import ServeConfig
+    from pipeline.serving.app import ADMIN_TOKEN_ENV
+    from pipeline.serving.config import ServeConfig
 
     values: dict[str, Any] = {}
     if args.config:
@@ -46,18 +59,34 @@ def load_config(args: argparse.Namespace) -> Any:
             values = json.loads(text)
         if not isinstance(values, dict):
             raise ConfigError(f"{args.config} must hold a mapping of settings")
-    if args.models_dir:
-        values["models_dir"] = args.models_dir
+    if args.models_dir or "models_dir" not in values:
+        values["models_dir"] = console.models_dir(args)
+    values["options"] = scoring_options(args, values.get("options"))
+    if os.environ.get(ADMIN_TOKEN_ENV):
+        values["admin_token"] = os.environ[ADMIN_TOKEN_ENV]
     try:
         return ServeConfig(**values)
-    except ValueError as exc:
+    except ValidationError as exc:
         raise ConfigError(f"bad serving settings: {exc}") from None
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before Ray starts, a port another process holds (Serve would fail deep inside, 45 lines later)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise ConfigError(
+                    f"port {port} on {host} is in use by another process; choose another with --port"
+                ) from None
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     from ray import serve
 
-    from jobs.batch_score import connect_ray
     from pipeline.models import ModelRepository
     from pipeline.serving.app import deploy
     from pipeline.serving.ingress import check_port, use_fast_ingress
@@ -65,17 +94,18 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     names = ModelRepository(config.models_dir).names()  # fail before Ray starts if the repository is wrong
     if not names:
-        raise ConfigError(f"no models in {config.models_dir}")
+        raise ConfigError(f"no models in {config.models_dir}; pass --models-dir DIR")
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    host = args.host or ("0.0.0.0" if on_cluster else "127.0.0.1")
+    if not on_cluster:
+        check_port(args.port)
+        check_port_free(host, args.port)
+        use_fast_ingress()  # a cluster's processes got their settings at `ray start` (see cluster.yaml)
     # Ctrl-C or SIGTERM (also while the app is still deploying) ends in a clean shutdown, not a traceback.
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
-    if not on_cluster:
-        use_fast_ingress()  # a cluster's processes got their settings at `ray start` (see cluster.yaml)
-        check_port(args.port)
-    host = args.host or ("0.0.0.0" if on_cluster else "127.0.0.1")
-    connect_ray(args.address)
+    console.connect_ray(args.address)
     deploy(config, host, args.port)
     logging.getLogger("streamscore").info(
         "serving %s on http://%s:%d (V2: /v2/models/{name}/infer; people: POST /predict/{name}); Ctrl-C stops",

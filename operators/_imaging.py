@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from operators.base import RowError
+from operators.reasons import Reason
 
 # Modes that carry alpha (or a palette that may carry it): composited on a fixed background, never dropped,
 # so a transparent PNG does not turn black where its alpha was 0.
@@ -33,7 +34,7 @@ class Header:
 def open_image(data: bytes, formats: tuple[str, ...], max_pixels: int) -> Image.Image:
     """Open (header only) and check emptiness, format allow-list and pixel limit."""
     if not data:
-        raise RowError("empty", "zero bytes")
+        raise RowError(Reason.EMPTY, "zero bytes")
     try:
         with warnings.catch_warnings():
             # Our own pixel limit below is the check; Pillow's warning would only be noise (or, under
@@ -41,15 +42,17 @@ def open_image(data: bytes, formats: tuple[str, ...], max_pixels: int) -> Image.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError as exc:
-        raise RowError("too_many_pixels", str(exc)) from None
+        raise RowError(Reason.TOO_MANY_PIXELS, str(exc)) from None
     except Image.UnidentifiedImageError:
-        raise RowError("not_an_image", f"not a decodable image in an allowed format ({', '.join(formats)})") from None
+        raise RowError(
+            Reason.NOT_AN_IMAGE, f"not a decodable image in an allowed format ({', '.join(formats)})"
+        ) from None
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise RowError("bad_dimensions", f"declared size {width}x{height}")
+        raise RowError(Reason.BAD_DIMENSIONS, f"declared size {width}x{height}")
     if width * height > max_pixels:
         raise RowError(
-            "too_many_pixels", f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
+            Reason.TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
         )
     return image
 
@@ -83,7 +86,7 @@ def to_array(image: Image.Image, color: str, background: tuple[int, int, int]) -
         image.load()
     except OSError as exc:
         message = str(exc)
-        reason = "truncated" if "truncated" in message or "broken" in message else "decode_failed"
+        reason = Reason.TRUNCATED if "truncated" in message or "broken" in message else Reason.DECODE_FAILED
         raise RowError(reason, message) from None
     image = ImageOps.exif_transpose(image) or image
     mode = image.mode

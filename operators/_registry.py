@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 
-from pipeline.errors import ConfigError, DuplicateOperatorError, UnknownOperatorError
+from common.errors import ConfigError, DuplicateOperatorError, UnknownOperatorError
 
 if TYPE_CHECKING:
     from operators.base import Operator, OperatorSpec

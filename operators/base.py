@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from operators.reasons import Reason
+
 Batch = dict[str, np.ndarray]
 ERROR = "error"
 logger = logging.getLogger(__name__)
@@ -37,20 +39,43 @@ class OperatorSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+ANY_RANK = "..."
+
+
 @dataclass(frozen=True)
 class Column:
-    """A column an operator reads or writes: ``shape`` uses N for the batch and ``ragged`` for per-row sizes."""
+    """A column an operator reads or writes, checked between producer and consumer when a graph is built.
+
+    ``dtype`` is a numpy dtype name for numeric data, or ``"str"`` / ``"bytes"`` for object columns of Python
+    strings or bytes (``None`` allowed where a row failed). ``axes`` names every axis, the batch axis ``N``
+    first; ``"..."`` stands for any number of trailing axes. ``ragged`` columns are object arrays holding one
+    array per row (axes after ``N`` differ between rows), e.g. decoded images of different sizes.
+    """
 
     name: str
     dtype: str
-    shape: str
+    axes: tuple[str, ...] = ("N",)
+    ragged: bool = False
+
+    @property
+    def rank(self) -> int | None:
+        """Number of axes, or None when ``...`` allows any."""
+        return None if ANY_RANK in self.axes else len(self.axes)
+
+    def describe(self) -> str:
+        kind = "ragged " if self.ragged else ""
+        return f"{kind}{self.dtype}[{', '.join(self.axes)}]"
+
+
+# Every batch carries this column: None, or "<reason>: <detail>" once the row failed.
+ERROR_COLUMN = Column(ERROR, "str")
 
 
 class RowError(Exception):
     """Raised inside a per-row kernel; becomes ``"<reason>: <detail>"`` in that row's ``error`` column."""
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(reason.row_error(detail))
         self.reason = reason
 
 
@@ -69,6 +94,14 @@ class Operator(ABC):
 
     def __init__(self, params: Any) -> None:
         self.params = params
+
+    def inputs(self) -> tuple[Column, ...]:
+        """The columns this instance reads (``reads`` unless its parameters change them)."""
+        return self.reads
+
+    def outputs(self) -> tuple[Column, ...]:
+        """The columns this instance writes (``writes`` unless its parameters change them)."""
+        return self.writes
 
     def setup(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Prepare heavy state; called once on the worker before the first batch."""
@@ -102,7 +135,7 @@ def ok_mask(batch: Batch) -> np.ndarray:
 
 
 def map_rows(
-    values: np.ndarray, errors: np.ndarray, kernel: Callable[[Any], Any], failure_reason: str
+    values: np.ndarray, errors: np.ndarray, kernel: Callable[[Any], Any], failure_reason: Reason
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply ``kernel`` to each row that has not failed; a failing row gets an error, never disappears.
 
@@ -119,7 +152,7 @@ def map_rows(
         except RowError as exc:
             new_errors[i] = str(exc)
         except Exception as exc:  # noqa: BLE001 - third-party decoders raise anything; the row must survive
-            new_errors[i] = f"{failure_reason}: {type(exc).__name__}: {exc}"[:500]
+            new_errors[i] = failure_reason.row_error(f"{type(exc).__name__}: {exc}")
     return results, new_errors
 
 

@@ -11,7 +11,19 @@ import numpy as np
 from pydantic import Field
 
 from operators._registry import register
-from operators.base import ERROR, Batch, Column, Operator, Params, RowError, errors_of, map_rows, with_columns
+from operators.base import (
+    ERROR,
+    ERROR_COLUMN,
+    Batch,
+    Column,
+    Operator,
+    Params,
+    RowError,
+    errors_of,
+    map_rows,
+    with_columns,
+)
+from operators.reasons import Reason
 
 
 class CenterCropParams(Params):
@@ -23,14 +35,14 @@ class CenterCropParams(Params):
 @register("center_crop")
 class CenterCrop(Operator):
     Params = CenterCropParams
-    reads = (Column("image", "object", "N ragged HWC uint8"),)
-    writes = (Column("pixels", "uint8", "N,H,W,C"), Column(ERROR, "object", "N"))
+    reads = (Column("image", "uint8", ("N", "H", "W", "C"), ragged=True),)
+    writes = (Column("pixels", "uint8", ("N", "H", "W", "C")), ERROR_COLUMN)
     drops = ("image",)
     params: CenterCropParams
 
     def __call__(self, batch: Batch) -> Batch:
         p = self.params
-        crops, errors = map_rows(batch["image"], errors_of(batch), self._crop, "crop_failed")
+        crops, errors = map_rows(batch["image"], errors_of(batch), self._crop, Reason.CROP_FAILED)
         pixels = np.zeros((len(crops), p.height, p.width, p.channels), dtype=np.uint8)
         for i, crop in enumerate(crops):
             if crop is not None:
@@ -41,6 +53,8 @@ class CenterCrop(Operator):
         p = self.params
         height, width = image.shape[:2]
         if height < p.height or width < p.width or image.shape[2] != p.channels:
-            raise RowError("crop_failed", f"image {image.shape} cannot give a {p.height}x{p.width}x{p.channels} crop")
+            raise RowError(
+                Reason.CROP_FAILED, f"image {image.shape} cannot give a {p.height}x{p.width}x{p.channels} crop"
+            )
         top, left = (height - p.height) // 2, (width - p.width) // 2
         return image[top : top + p.height, left : left + p.width]

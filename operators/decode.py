@@ -16,7 +16,8 @@ from pydantic import Field
 
 from operators import _imaging
 from operators._registry import register
-from operators.base import ERROR, Batch, Column, Operator, Params, RowError, errors_of, map_rows, with_columns
+from operators.base import ERROR_COLUMN, Batch, Column, Operator, Params, RowError, errors_of, map_rows, with_columns
+from operators.reasons import Reason
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _OPENCV_FORMATS = {"JPEG", "PNG", "WEBP", "BMP"}
@@ -39,19 +40,19 @@ class Decode(Operator):
     """Decode the ``bytes`` column into the ragged ``image`` column."""
 
     Params = DecodeParams
-    reads = (Column("bytes", "object", "N (bytes)"),)
-    writes = (Column("image", "object", "N ragged HWC uint8"), Column(ERROR, "object", "N"))
+    reads = (Column("bytes", "bytes"),)
+    writes = (Column("image", "uint8", ("N", "H", "W", "C"), ragged=True), ERROR_COLUMN)
     drops = ("bytes",)
     params: DecodeParams
 
     def __call__(self, batch: Batch) -> Batch:
         kernel = self._decode_opencv if self.params.backend == "opencv" else self._decode_pillow
-        images, errors = map_rows(batch["bytes"], errors_of(batch), kernel, "decode_failed")
+        images, errors = map_rows(batch["bytes"], errors_of(batch), kernel, Reason.DECODE_FAILED)
         return with_columns(batch, self.drops, image=images, error=errors)
 
     def _open(self, data: bytes | None):  # type: ignore[no-untyped-def]
         if data is None:
-            raise RowError("empty", "no image bytes (null)")
+            raise RowError(Reason.EMPTY, "no image bytes (null)")
         return _imaging.open_image(bytes(data), self.params.formats, self.params.max_pixels)
 
     def _decode_pillow(self, data: bytes | None) -> np.ndarray:
@@ -77,14 +78,14 @@ class Decode(Operator):
             # libjpeg fills a truncated scan with grey and only warns; a complete JPEG ends its last scan
             # with EOI (0xFFD9 cannot occur inside entropy-coded data, where 0xFF is byte-stuffed).
             if last_scan < 0 or raw.find(_JPEG_EOI, last_scan) < 0:
-                raise RowError("truncated", "JPEG data ends before its end-of-image marker")
+                raise RowError(Reason.TRUNCATED, "JPEG data ends before its end-of-image marker")
         flags = cv2.IMREAD_COLOR if self.params.color == "RGB" else cv2.IMREAD_GRAYSCALE
         reduction = _opencv_reduction(head, self.params.target_shorter)
         if reduction > 1:
             flags = _REDUCED_FLAGS[(self.params.color, reduction)]
         decoded = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
         if decoded is None:
-            raise RowError("decode_failed", f"OpenCV could not decode this {head.format}")
+            raise RowError(Reason.DECODE_FAILED, f"OpenCV could not decode this {head.format}")
         if decoded.ndim == 2:
             return decoded[:, :, None]
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)

@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
+from common.errors import ContractError
 from operators._registry import register
 from operators.base import Batch, Column, Operator, Params, with_columns
 
@@ -30,17 +31,21 @@ class NormalizeParams(Params):
 @register("normalize")
 class Normalize(Operator):
     Params = NormalizeParams
-    reads = (Column("pixels", "uint8", "N,H,W,C"),)
-    writes = (Column("input", "float32", "N,C,H,W or N,H,W,C"),)
+    reads = (Column("pixels", "uint8", ("N", "H", "W", "C")),)
+    writes = (Column("input", "float32", ("N", "C", "H", "W")),)
     drops = ("pixels",)
     params: NormalizeParams
+
+    def outputs(self) -> tuple[Column, ...]:
+        axes = ("N", "C", "H", "W") if self.params.layout == "NCHW" else ("N", "H", "W", "C")
+        return (Column("input", "float32", axes),)
 
     def __call__(self, batch: Batch) -> Batch:
         pixels = batch["pixels"]
         n, height, width, channels = pixels.shape
         p = self.params
         if channels != len(p.mean):
-            raise ValueError(f"pixels have {channels} channels but normalize has {len(p.mean)} means")
+            raise ContractError(f"pixels have {channels} channels but normalize has {len(p.mean)} means")
         if p.layout == "NCHW":
             out = np.empty((n, channels, height, width), dtype=np.float32)
             planes = [out[:, c] for c in range(channels)]

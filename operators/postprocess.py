@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
+from common.errors import ContractError
 from operators._registry import register
 from operators.base import Batch, Column, Operator, Params, object_array, ok_mask, with_columns
 
@@ -26,15 +27,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 @register("postprocess")
 class Postprocess(Operator):
     Params = PostprocessParams
-    reads = (Column("output", "float32", "N,K"),)
+    reads = (Column("output", "float32", ("N", "K")),)
     writes = (
-        Column("label", "object", "N (str or None)"),
-        Column("score", "float32", "N"),
-        Column("top_k_index", "int32", "N,k"),
-        Column("top_k_score", "float32", "N,k"),
+        Column("label", "str"),
+        Column("score", "float32"),
+        Column("top_k_index", "int32", ("N", "k")),
+        Column("top_k_score", "float32", ("N", "k")),
     )
     drops = ("output",)
     params: PostprocessParams
+
+    def outputs(self) -> tuple[Column, ...]:
+        raw = (Column("raw_output", "float32", ("N", "K")),) if self.params.keep_output else ()
+        return self.writes + raw
 
     def __call__(self, batch: Batch) -> Batch:
         p = self.params
@@ -42,7 +47,7 @@ class Postprocess(Operator):
         n = len(output)
         k = min(p.top_k, len(p.labels))
         if output.ndim != 2 or (n and output.shape[1] != len(p.labels)):
-            raise ValueError(f"model output has shape {output.shape}, expected (N, {len(p.labels)}) for the labels")
+            raise ContractError(f"model output has shape {output.shape}, expected (N, {len(p.labels)}) for the labels")
         ok = ok_mask(batch)
         probs = np.full((n, len(p.labels)), np.nan, dtype=np.float32)
         if ok.any():

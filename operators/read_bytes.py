@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from common.filesystems import resolve
 from operators._registry import register
-from operators.base import ERROR, Batch, Column, Operator, Params, RowError, errors_of, map_rows, with_columns
-from pipeline.filesystems import resolve
+from operators.base import (
+    ERROR,
+    ERROR_COLUMN,
+    Batch,
+    Column,
+    Operator,
+    Params,
+    RowError,
+    errors_of,
+    map_rows,
+    with_columns,
+)
+from operators.reasons import Reason
 
 
 class ReadBytesParams(Params):
@@ -22,12 +34,12 @@ class ReadBytesParams(Params):
 @register("read_bytes")
 class ReadBytes(Operator):
     Params = ReadBytesParams
-    reads = (Column("uri", "object", "N (str)"),)
-    writes = (Column("bytes", "object", "N (bytes)"), Column(ERROR, "object", "N"))
+    reads = (Column("uri", "str"),)
+    writes = (Column("bytes", "bytes"), ERROR_COLUMN)
     params: ReadBytesParams
 
     def __call__(self, batch: Batch) -> Batch:
-        data, errors = map_rows(batch["uri"], errors_of(batch), self._read, "read_failed")
+        data, errors = map_rows(batch["uri"], errors_of(batch), self._read, Reason.READ_FAILED)
         return with_columns(batch, bytes=data, **{ERROR: errors})
 
     def _read(self, uri: str) -> bytes:
@@ -36,7 +48,7 @@ class ReadBytes(Operator):
             with filesystem.open_input_stream(path) as stream:
                 data = stream.read(self.params.max_file_bytes + 1)
         except (OSError, FileNotFoundError) as exc:
-            raise RowError("read_failed", str(exc)[:300]) from None
+            raise RowError(Reason.READ_FAILED, str(exc)[:300]) from None
         if len(data) > self.params.max_file_bytes:
-            raise RowError("file_too_large", f"over the {self.params.max_file_bytes}-byte limit")
+            raise RowError(Reason.FILE_TOO_LARGE, f"over the {self.params.max_file_bytes}-byte limit")
         return data

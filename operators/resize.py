@@ -15,8 +15,10 @@ from PIL import Image
 from pydantic import Field
 
 from operators._registry import register
-from operators.base import ERROR, Batch, Column, Operator, Params, errors_of, map_rows, with_columns
-from pipeline.manifest import Interpolation
+from operators.base import ERROR, ERROR_COLUMN, Batch, Column, Operator, Params, errors_of, map_rows, with_columns
+from operators.reasons import Reason
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
 
 _PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -52,13 +54,13 @@ class Resize(Operator):
     """Resize the ragged ``image`` column in place of itself (a new array; the input is untouched)."""
 
     Params = ResizeParams
-    reads = (Column("image", "object", "N ragged HWC uint8"),)
-    writes = (Column("image", "object", "N ragged HWC uint8"),)
+    reads = (Column("image", "uint8", ("N", "H", "W", "C"), ragged=True),)
+    writes = (Column("image", "uint8", ("N", "H", "W", "C"), ragged=True), ERROR_COLUMN)
     params: ResizeParams
 
     def __call__(self, batch: Batch) -> Batch:
         kernel = self._resize_opencv if self.params.backend == "opencv" else self._resize_pillow
-        images, errors = map_rows(batch["image"], errors_of(batch), kernel, "resize_failed")
+        images, errors = map_rows(batch["image"], errors_of(batch), kernel, Reason.RESIZE_FAILED)
         return with_columns(batch, image=images, **{ERROR: errors})
 
     def _resize_pillow(self, image: np.ndarray) -> np.ndarray:

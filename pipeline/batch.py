@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from common.errors import ErrorBudgetExceeded, LostRowsError, ModelLoadError, WorkerCrashedError
 from operators.base import ERROR, Batch, OperatorSpec
-from pipeline.errors import ErrorBudgetExceeded, ModelLoadError
 from pipeline.graph import Graph, Stage
 from pipeline.models import ModelVersion
 from pipeline.output import predictions_table
 from pipeline.planner import ResourcePlan
+from pipeline.run_summary import RunSummary
 from pipeline.sources import FileListing, ParquetSource, Source
 from pipeline.writer import PredictionWriter
 
@@ -83,6 +84,20 @@ class FusedActor:
         return predictions_table(self._stage(_as_source_batch(batch, self._rename)), self._model)
 
 
+# Ray Data restarts a dead actor forever by default, and passes actor arguments through the object store, which
+# with restarts makes Ray log an ERROR on every run (ray-project/ray#53727). A dead actor (OOM kill, crash in a
+# native decoder) ends the run with WorkerCrashedError instead of a retry loop that may never end.
+# Ray 2.60 takes max_restarts only through ray_remote_args, which it warns is deprecated (no named parameter
+# replaces it yet), hence _map_batches.
+ACTOR_FAULT_POLICY: dict[str, Any] = {"max_restarts": 0}
+
+
+def _map_batches(dataset: Any, fn: Any, **kwargs: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        return dataset.map_batches(fn, **kwargs, **ACTOR_FAULT_POLICY)
+
+
 def tune_data_context() -> None:
     """Turn off Ray Data bookkeeping that costs CPU on every task and buys a batch job nothing.
 
@@ -131,7 +146,8 @@ def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename:
     """Split layout, first half: rows -> ``id``, ``pixels`` (Arrow fixed-shape uint8 tensor), ``error``."""
     import ray.data
 
-    return dataset.map_batches(
+    return _map_batches(
+        dataset,
         PreprocessActor,
         fn_constructor_args=(graph.preprocess, rename),
         compute=ray.data.ActorPoolStrategy(size=plan.preprocess_actors),
@@ -158,42 +174,13 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
         infer_args["num_gpus"] = plan.gpus_per_inference_actor
     if plan.layout == "fused":
         specs = device_graph.preprocess + device_graph.inference
-        return dataset.map_batches(
-            FusedActor, fn_constructor_args=(specs, graph.model, plan.device, rename), **infer_args
+        return _map_batches(
+            dataset, FusedActor, fn_constructor_args=(specs, graph.model, plan.device, rename), **infer_args
         )
     pixels = preprocessed_dataset(dataset, device_graph, plan, rename)
-    return pixels.map_batches(
-        InferenceActor, fn_constructor_args=(device_graph.inference, graph.model, plan.device), **infer_args
+    return _map_batches(
+        pixels, InferenceActor, fn_constructor_args=(device_graph.inference, graph.model, plan.device), **infer_args
     )
-
-
-@dataclass
-class RunSummary:
-    """What a run did: rows in and out, errors by reason, throughput."""
-
-    input_rows: int | None
-    rows: int
-    error_rows: int
-    errors_by_reason: dict[str, int]
-    elapsed_s: float
-    plan: str
-    output: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def images_per_s(self) -> float:
-        return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    def render(self) -> str:
-        lines = [
-            f"rows: {self.rows}" + (f" (input rows: {self.input_rows})" if self.input_rows is not None else ""),
-            f"predictions: {self.rows - self.error_rows}",
-            f"errors: {self.error_rows}",
-        ]
-        lines += [f"  {reason}: {count}" for reason, count in sorted(self.errors_by_reason.items())]
-        lines += [f"elapsed: {self.elapsed_s:.2f} s", f"images/s: {self.images_per_s:.1f}", f"plan: {self.plan}"]
-        lines.append(f"output: {self.output}")
-        return "\n".join(lines)
 
 
 def run_batch(
@@ -205,22 +192,35 @@ def run_batch(
     overwrite: bool = False,
     max_error_fraction: float | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    started_at: float | None = None,
 ) -> RunSummary:
     """Score ``source`` into ``output_uri``; needs a connected Ray (``ray.init`` is the caller's business).
 
     Every input row comes out, as a prediction or with an ``error``. When ``max_error_fraction`` is set and
     the share of error rows passes it, the output is still written in full and ``ErrorBudgetExceeded`` is
-    raised afterwards.
+    raised afterwards. ``started_at`` (a ``time.perf_counter()`` value) is when the user started waiting,
+    e.g. before Ray started; the summary's wall time counts from there (default: this call).
     """
     input_rows = source.table.num_rows if isinstance(source, FileListing) else None
     writer = PredictionWriter(output_uri, overwrite=overwrite)
-    start = time.perf_counter()
+    start = started_at if started_at is not None else time.perf_counter()
+    first_s: float | None = None
+    first_rows = 0
     logger.info("scoring with %s", plan.describe())
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
     try:
         for table in build_dataset(graph, source, plan).iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.write(table)
+            if first_s is None and table.num_rows:
+                first_s, first_rows = time.perf_counter() - start, table.num_rows
             if on_progress is not None:
                 on_progress(writer.rows, writer.error_rows)
+    except (ActorDiedError, ActorUnavailableError) as exc:
+        raise WorkerCrashedError(
+            f"a scoring actor died after {writer.rows} rows were written ({type(exc).__name__}); the output in "
+            f"{output_uri} is incomplete: {str(exc).strip().splitlines()[0][:300]}"
+        ) from exc
     finally:
         writer.close()
     summary = RunSummary(
@@ -228,12 +228,14 @@ def run_batch(
         rows=writer.rows,
         error_rows=writer.error_rows,
         errors_by_reason=dict(writer.errors_by_reason),
-        elapsed_s=time.perf_counter() - start,
+        wall_s=time.perf_counter() - start,
+        first_predictions_s=first_s,
+        rows_after_first=writer.rows - first_rows,
         plan=plan.describe(),
         output=output_uri,
     )
     if input_rows is not None and summary.rows != input_rows:
-        raise RuntimeError(f"lost rows: {input_rows} in, {summary.rows} out")  # an invariant, not an input error
+        raise LostRowsError(f"lost rows: {input_rows} in, {summary.rows} out; please report this as a bug")
     if max_error_fraction is not None and summary.rows and summary.error_rows / summary.rows > max_error_fraction:
         raise ErrorBudgetExceeded(
             f"{summary.error_rows} of {summary.rows} rows failed ({summary.error_rows / summary.rows:.1%}), over the "

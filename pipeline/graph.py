@@ -1,4 +1,4 @@
-"""The operator graph: one ordered list of operators, built from a GraphSpec and a model version's manifest.
+"""The operator graph: one ordered list of operators, built from a model version's manifest and ScoringOptions.
 
 The graph has two stages. ``preprocess`` (bytes -> uint8 pixels) is CPU work; ``inference`` (pixels ->
 predictions) runs where the model is. The batch job, the Serve app and in-process callers all run these same
@@ -15,13 +15,12 @@ from typing import Any
 import pyarrow as pa
 
 import operators
-from operators.base import ERROR, Batch, Operator, OperatorSpec, errors_of, object_array
-from pipeline.errors import ConfigError
+from common.errors import ContractError
+from operators.base import ERROR, ERROR_COLUMN, Batch, Column, Operator, OperatorSpec, errors_of, object_array
+from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository, ModelVersion
+from pipeline.options import ScoringOptions
 from pipeline.output import predictions_table
-from pipeline.spec import GraphSpec
-
-SOURCE_COLUMNS = ("id", "bytes", "uri", ERROR)
 
 
 @dataclass(frozen=True)
@@ -36,15 +35,14 @@ class Graph:
         self, device: str, device_id: int = 0, intra_op_threads: int = 1, max_rows_per_call: int | None = None
     ) -> Graph:
         """The same graph with inference placed on ``device`` ("cpu" or "cuda") with the given threads."""
-        placement = {
-            "device": device,
-            "device_id": device_id,
-            "intra_op_threads": intra_op_threads,
-            "max_rows_per_call": max_rows_per_call,
-        }
+        return self.with_infer_params(
+            device=device, device_id=device_id, intra_op_threads=intra_op_threads, max_rows_per_call=max_rows_per_call
+        )
+
+    def with_infer_params(self, **params: Any) -> Graph:
+        """The same graph with ``params`` set on its infer operator (placement, threads, ``on_error``)."""
         inference = tuple(
-            OperatorSpec(name=s.name, params={**s.params, **placement}) if s.name == "infer" else s
-            for s in self.inference
+            OperatorSpec(name=s.name, params={**s.params, **params}) if s.name == "infer" else s for s in self.inference
         )
         return replace(self, inference=inference)
 
@@ -75,33 +73,61 @@ class Stage:
         return batch
 
 
-def check_contract(specs: Sequence[OperatorSpec], available: Sequence[str]) -> None:
-    """Every operator's inputs are produced upstream; fails at build time, naming the operator and column."""
-    columns = set(available)
-    for spec in specs:
-        cls = operators.operator_class(spec.name)
-        missing = [c.name for c in cls.reads if c.name not in columns]
-        if missing:
-            raise ConfigError(f"operator {spec.name!r} reads {missing}, which no earlier operator writes")
-        columns |= {c.name for c in cls.writes}
-        columns -= set(cls.drops)
+SOURCE_SCHEMA = {
+    "id": Column("id", "str"),
+    "bytes": Column("bytes", "bytes"),
+    "uri": Column("uri", "str"),
+    ERROR: ERROR_COLUMN,
+}
 
 
-def build_graph(spec: GraphSpec, repository: ModelRepository, *, read_files: bool = False) -> Graph:
-    """Build the graph for ``spec`` from the model's manifest. ``read_files`` adds a read step for URI rows."""
-    model = repository.load(spec.model)
-    return graph_for_model(spec, model, read_files=read_files)
+def check_contract(ops: Sequence[Operator], available: Sequence[Column]) -> None:
+    """Each operator's inputs are written upstream with the dtype, rank and raggedness it expects.
+
+    Fails when the graph is built, naming the operator, the column, what it expects and what it would get.
+    """
+    columns: dict[str, tuple[Column, str]] = {c.name: (c, "the source") for c in available}
+    for op in ops:
+        for wanted in op.inputs():
+            if wanted.name not in columns:
+                raise ContractError(f"operator {op.name!r} reads [{wanted.name!r}], which no earlier operator writes")
+            given, producer = columns[wanted.name]
+            ranks_differ = None not in (wanted.rank, given.rank) and wanted.rank != given.rank
+            if given.dtype != wanted.dtype or given.ragged != wanted.ragged or ranks_differ:
+                raise ContractError(
+                    f"operator {op.name!r} reads {wanted.name!r} as {wanted.describe()}, but {producer} "
+                    f"writes it as {given.describe()}"
+                )
+        for dropped in op.drops:
+            columns.pop(dropped, None)
+        for written in op.outputs():
+            columns[written.name] = (written, f"operator {op.name!r}")
 
 
-def graph_for_model(spec: GraphSpec, model: ModelVersion, *, read_files: bool = False) -> Graph:
+def build_graph(
+    model: ModelRef | str,
+    repository: ModelRepository,
+    options: ScoringOptions | None = None,
+    *,
+    read_files: bool = False,
+) -> Graph:
+    """The graph for ``model`` (a reference, or ``"name[:version]"`` text) with ``options`` on top of its manifest.
+
+    ``read_files`` adds a read step for rows that carry a ``uri`` instead of the image bytes.
+    """
+    return graph_for_model(repository.load(model), options or ScoringOptions(), read_files=read_files)
+
+
+def graph_for_model(model: ModelVersion, options: ScoringOptions, *, read_files: bool = False) -> Graph:
+    """The graph for a loaded model version: preprocessing from its manifest, choices from ``options``."""
     m = model.manifest
     decode: dict[str, Any] = {
-        "backend": spec.decode.backend,
+        "backend": options.decode_backend,
         "color": m.input.color,
-        "formats": spec.decode.formats,
-        "max_pixels": spec.decode.max_pixels,
-        "background": spec.decode.background,
-        "target_shorter": m.preprocess.resize_shorter if spec.decode.dct_downscale else None,
+        "formats": options.formats,
+        "max_pixels": options.max_pixels,
+        "background": options.background,
+        "target_shorter": m.preprocess.resize_shorter if options.dct_downscale else None,
     }
     preprocess = [
         OperatorSpec(name="decode", params=decode),
@@ -110,7 +136,7 @@ def graph_for_model(spec: GraphSpec, model: ModelVersion, *, read_files: bool = 
             params={
                 "shorter": m.preprocess.resize_shorter,
                 "interpolation": m.preprocess.interpolation,
-                "backend": spec.resize_backend,
+                "backend": options.resize_backend,
             },
         ),
         OperatorSpec(
@@ -119,7 +145,7 @@ def graph_for_model(spec: GraphSpec, model: ModelVersion, *, read_files: bool = 
         ),
     ]
     if read_files:
-        preprocess.insert(0, OperatorSpec(name="read_bytes"))
+        preprocess.insert(0, OperatorSpec(name="read_bytes", params={"max_file_bytes": options.max_file_bytes}))
     inference = [
         OperatorSpec(
             name="normalize", params={"mean": m.preprocess.mean, "std": m.preprocess.std, "layout": m.input.layout}
@@ -132,14 +158,14 @@ def graph_for_model(spec: GraphSpec, model: ModelVersion, *, read_files: bool = 
             name="postprocess",
             params={
                 "labels": model.labels,
-                "top_k": spec.top_k,
+                "top_k": options.top_k,
                 "softmax": m.output.kind == "logits",
-                "keep_output": spec.keep_raw_output,
+                "keep_output": options.raw_outputs,
             },
         ),
     ]
-    all_specs = preprocess + inference
-    for s in all_specs:  # validate parameters now, on the driver, not on the first batch of a worker
-        operators.create(s)
-    check_contract(all_specs, ("id", "uri", ERROR) if read_files else ("id", "bytes", ERROR))
+    # Parameters are validated now, on the driver, not on the first batch of a worker.
+    built = [operators.create(s) for s in preprocess + inference]
+    source = ("id", "uri", ERROR) if read_files else ("id", "bytes", ERROR)
+    check_contract(built, [SOURCE_SCHEMA[name] for name in source])
     return Graph(model=model, preprocess=tuple(preprocess), inference=tuple(inference))

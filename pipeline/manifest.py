@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
+from operators.resize import Interpolation
 
 
 class _Frozen(BaseModel):

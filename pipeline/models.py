@@ -8,39 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.fs as pafs
 from pydantic import ValidationError
 
-from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
-from pipeline.filesystems import join, resolve
+from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from common.filesystems import join, resolve
 from pipeline.manifest import ModelManifest
+from pipeline.model_ref import ModelRef, check_id
 
 logger = logging.getLogger(__name__)
 
-# Names and versions become path components: keep them to a safe alphabet so "../x" or "a/b" cannot escape.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MODEL_FILE, MANIFEST_FILE = "model.onnx", "manifest.json"
-
-
-def check_id(kind: str, value: str) -> str:
-    if not _SAFE_ID.match(value) or ".." in value:
-        raise ConfigError(
-            f"invalid model {kind} {value!r}: use letters, digits, '.', '_' and '-' (not starting with one of them)"
-        )
-    return value
-
-
-def parse_model_ref(ref: str) -> tuple[str, str | None]:
-    """``"name"`` or ``"name:version"`` -> (name, version or None for the latest)."""
-    name, _, version = ref.partition(":")
-    check_id("name", name)
-    if version:
-        check_id("version", version)
-    return name, version or None
 
 
 def _version_key(version: str) -> tuple[int, int | str]:
@@ -63,6 +45,10 @@ class ModelVersion:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(name=self.name, version=self.version)
 
 
 class ModelRepository:
@@ -91,6 +77,8 @@ class ModelRepository:
         return sorted(versions, key=_version_key)
 
     def resolve_version(self, name: str, version: str | None) -> str:
+        """``version`` if ``name`` has it, or the latest (highest) version for None: the one meaning of
+        "latest" (numeric versions in numeric order, named ones after them by name)."""
         versions = self.versions(name)
         if not versions:
             raise ModelNotFoundError(
@@ -110,11 +98,13 @@ class ModelRepository:
         except FileNotFoundError:
             raise ModelLoadError(f"missing file {path}") from None
 
-    def load(self, ref: str, check_graph: bool = True) -> ModelVersion:
-        """Load ``name[:version]``: manifest, labels, and (by default) a check of the ONNX graph."""
+    def load(self, ref: ModelRef | str, check_graph: bool = True) -> ModelVersion:
+        """Load ``ref`` (its latest version when it names none): manifest, labels, and (by default) a check of
+        the ONNX graph against them."""
         start = time.perf_counter()
-        name, version = parse_model_ref(ref)
-        version = self.resolve_version(name, version)
+        ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
+        name = ref.name
+        version = self.resolve_version(name, ref.version)
         folder = join(self._root_path, f"{name}/{version}")
         try:
             manifest = ModelManifest.model_validate(json.loads(self._read_text(join(folder, MANIFEST_FILE))))
@@ -181,3 +171,25 @@ def check_model_matches_manifest(model: ModelVersion) -> None:
         raise ModelLoadError(
             f"{where}: output {out_spec.name!r} has {classes} classes but labels file has {len(model.labels)}"
         )
+
+
+MODELS_DIR_ENV = "STREAMSCORE_MODELS_DIR"
+# The repository's own models/ folder, when the package runs from a checkout (pip install -e .).
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def find_models_dir(given: str | None, from_env: str | None, cwd: Path) -> str:
+    """The model repository to use: ``--models-dir`` if given, else ``$STREAMSCORE_MODELS_DIR``, else
+    ``./models`` where the command runs, else the models bundled with the checkout StreamScore was
+    installed from. Entry points pass the environment in; library code never reads it.
+    """
+    for candidate in (given, from_env):
+        if candidate:
+            return candidate
+    for folder in (cwd / "models", BUNDLED_MODELS_DIR):
+        if folder.is_dir():
+            return str(folder)
+    raise ConfigError(
+        f"no model repository found: no ./models here ({cwd}) and none bundled with StreamScore; "
+        f"pass --models-dir DIR or set {MODELS_DIR_ENV}"
+    )

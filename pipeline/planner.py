@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.errors import ConfigError
+from common.errors import ConfigError
 
 
 class ResourceOverrides(BaseModel):

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.filesystems import resolve
+from common.errors import ConfigError, InputError
+from common.filesystems import resolve
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".jfif")
 SourceKind = Literal["auto", "folder", "glob", "uri_list", "parquet"]

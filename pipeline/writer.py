@@ -10,9 +10,9 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from common.errors import InputError
+from common.filesystems import resolve
 from operators.base import ERROR
-from pipeline.errors import InputError
-from pipeline.filesystems import resolve
 
 
 def check_output(output_uri: str, overwrite: bool) -> None:

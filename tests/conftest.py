@@ -75,3 +75,43 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0, interval_s:
             return
         time.sleep(interval_s)
     raise TimeoutError(f"condition not met within {timeout_s} s")
+
+
+@pytest.fixture(scope="session", params=["split", "fused"])
+def topology(request: pytest.FixtureRequest) -> str:
+    """Every test of the app runs against both layouts: split (the GPU one) and fused (the CPU default)."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def served_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.serving import make_served_repository
+
+    return make_served_repository(tmp_path_factory.mktemp("repository"), MODELS_DIR)
+
+
+@pytest.fixture(scope="session")
+def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app over ``served_repository`` in one layout, with two gateway replicas (so every answer about the
+    whole app must hold whichever replica gives it) and the routing of ``tests.serving.ROUTING``."""
+    from ray import serve
+
+    from pipeline.serving.app import deploy
+    from pipeline.serving.config import ServeConfig
+    from pipeline.serving.ingress import free_app_port
+    from tests.serving import ADMIN_TOKEN, ROUTING
+
+    port = free_app_port()
+    config = ServeConfig(
+        models_dir=str(served_repository),
+        max_request_bytes=3_000_000,
+        topology=topology,
+        preprocess_cpus=0.25,
+        scorer_cpus=0.25,
+        routing=ROUTING,
+        admin_token=ADMIN_TOKEN,
+        preprocess_autoscaling={"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
+    )
+    deploy(config, port=port)
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()  # frees the replicas' CPUs for whatever runs next

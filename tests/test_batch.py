@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from common.errors import ErrorBudgetExceeded, InputError
 from pipeline.batch import preprocessed_dataset, run_batch, source_dataset
-from pipeline.errors import ErrorBudgetExceeded, InputError
 from pipeline.graph import build_graph
+from pipeline.options import ScoringOptions
 from pipeline.planner import ResourceOverrides, plan_resources
 from pipeline.sources import detect_source
-from pipeline.spec import GraphSpec
 from tests.bad_images import bad_inputs
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def _run(graph, source, out: Path, cluster, **overrides):  # type: ignore[no-unt
 
 
 def test_every_row_comes_out_as_prediction_or_error(ray_cluster, repository, image_folder, digit_files, tmp_path):  # type: ignore[no-untyped-def]
-    graph = build_graph(GraphSpec(model="digits"), repository, read_files=True)
+    graph = build_graph("digits", repository, read_files=True)
     source = detect_source(str(image_folder))
     summary = _run(graph, source, tmp_path / "out", ray_cluster)
     table = _read(tmp_path / "out")
@@ -67,10 +67,12 @@ def test_layouts_and_in_process_graph_agree(ray_cluster, repository, photo_jpegs
     folder.mkdir()
     for name, data in photo_jpegs.items():
         (folder / f"{name}.jpg").write_bytes(data)
-    spec = GraphSpec(model="efficientnet-lite0", keep_raw_output=True)
-    graph = build_graph(spec, repository, read_files=True)
+    options = ScoringOptions(raw_outputs=True)
+    graph = build_graph("efficientnet-lite0", repository, options, read_files=True)
     source = detect_source(str(folder))
-    reference = build_graph(spec, repository).run(list(photo_jpegs.values()), [f"{n}.jpg" for n in photo_jpegs])
+    reference = build_graph("efficientnet-lite0", repository, options).run(
+        list(photo_jpegs.values()), [f"{n}.jpg" for n in photo_jpegs]
+    )
     reference = reference.sort_by("id")
     expected = np.stack(reference.column("raw_output").to_numpy(zero_copy_only=False))
     for layout, batch_size in (("fused", 4), ("split", 1), ("split", 3)):
@@ -84,7 +86,7 @@ def test_layouts_and_in_process_graph_agree(ray_cluster, repository, photo_jpegs
 def test_pixels_cross_as_uint8_arrow_tensors(ray_cluster, repository, digit_files) -> None:  # type: ignore[no-untyped-def]
     from ray.data.extensions import ArrowTensorTypeV2
 
-    graph = build_graph(GraphSpec(model="digits"), repository, read_files=True)
+    graph = build_graph("digits", repository, read_files=True)
     source = detect_source(str(digit_files[0][0].parent))
     plan = plan_resources(ray_cluster, ResourceOverrides(layout="split"))
     dataset, rename = source_dataset(source, plan)
@@ -96,8 +98,8 @@ def test_pixels_cross_as_uint8_arrow_tensors(ray_cluster, repository, digit_file
 
 def test_parquet_glob_and_uri_list_inputs(ray_cluster, repository, digit_files, tmp_path) -> None:  # type: ignore[no-untyped-def]
     chosen = digit_files[:40]
-    graph_bytes = build_graph(GraphSpec(model="digits"), repository)
-    graph_files = build_graph(GraphSpec(model="digits"), repository, read_files=True)
+    graph_bytes = build_graph("digits", repository)
+    graph_files = build_graph("digits", repository, read_files=True)
     data = [p.read_bytes() for p, _ in chosen] + [None, b"junk"]
     ids = [p.name for p, _ in chosen] + ["null-row", "junk-row"]
     pq.write_table(pa.table({"key": ids, "jpeg": pa.array(data, pa.binary())}), tmp_path / "input.parquet")
@@ -128,7 +130,7 @@ def test_error_budget_fails_the_run_but_keeps_every_row(ray_cluster, repository,
     for name, (data, _) in bad_inputs(photos["coffee"]).items():
         (folder / name).write_bytes(data)
     (folder / "fine.png").write_bytes(__import__("tests.conftest", fromlist=["encode"]).encode(photos["coffee"], "PNG"))
-    graph = build_graph(GraphSpec(model="efficientnet-lite0"), repository, read_files=True)
+    graph = build_graph("efficientnet-lite0", repository, read_files=True)
     plan = plan_resources(ray_cluster)
     with pytest.raises(ErrorBudgetExceeded, match="5 of 6 rows failed"):
         run_batch(graph, detect_source(str(folder)), str(tmp_path / "out"), plan, max_error_fraction=0.5)

@@ -9,14 +9,14 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from operators.base import OperatorSpec
-from pipeline.errors import ConfigError
-from pipeline.graph import build_graph, check_contract
-from pipeline.spec import DecodeOptions, GraphSpec
+from common.errors import ConfigError, ContractError
+from operators.base import Column, OperatorSpec
+from pipeline.graph import SOURCE_SCHEMA, build_graph, check_contract
+from pipeline.options import ScoringOptions
 
 
 def test_golden_efficientnet_on_real_photos(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
-    graph = build_graph(GraphSpec(model="efficientnet-lite0"), repository)
+    graph = build_graph("efficientnet-lite0", repository)
     table = graph.run([photo_jpegs["coffee"], photo_jpegs["chelsea"]], ["coffee", "chelsea"])
     coffee, chelsea = table.to_pylist()
     assert coffee["label"] == "espresso" and coffee["score"] > 0.8
@@ -26,8 +26,8 @@ def test_golden_efficientnet_on_real_photos(repository, photo_jpegs) -> None:  #
 
 @pytest.mark.parametrize("backend", ["pillow", "opencv"])
 def test_digits_accuracy_on_held_out_files(repository, digit_files, backend) -> None:  # type: ignore[no-untyped-def]
-    spec = GraphSpec(model="digits", decode=DecodeOptions(backend=backend), resize_backend=backend)
-    graph = build_graph(spec, repository)
+    options = ScoringOptions(decode_backend=backend, resize_backend=backend)
+    graph = build_graph("digits", repository, options)
     table = graph.run([path.read_bytes() for path, _ in digit_files])
     predicted = [int(label) for label in table.column("label").to_pylist()]
     accuracy = np.mean([p == truth for p, (_, truth) in zip(predicted, digit_files, strict=True)])
@@ -37,7 +37,7 @@ def test_digits_accuracy_on_held_out_files(repository, digit_files, backend) -> 
 def test_graph_equals_a_hand_written_reference(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
     """Same preprocessing written out with Pillow + numpy, ORT called directly: outputs within 1e-4."""
     model = repository.load("efficientnet-lite0")
-    graph = build_graph(GraphSpec(model="efficientnet-lite0", keep_raw_output=True), repository)
+    graph = build_graph("efficientnet-lite0", repository, ScoringOptions(raw_outputs=True))
     ours = np.stack(graph.run(list(photo_jpegs.values())).column("raw_output").to_numpy(zero_copy_only=False))
     session = ort.InferenceSession(model.model_uri, providers=["CPUExecutionProvider"])
     m = model.manifest
@@ -57,22 +57,47 @@ def test_graph_equals_a_hand_written_reference(repository, photo_jpegs) -> None:
         np.testing.assert_allclose(row, reference, atol=1e-4)
 
 
+def _ops(*specs: tuple[str, dict]) -> list:  # type: ignore[type-arg]
+    import operators
+
+    return [operators.create(OperatorSpec(name=name, params=params)) for name, params in specs]
+
+
 def test_contract_check_names_the_missing_column() -> None:
-    with pytest.raises(ConfigError, match="'normalize' reads \\['pixels'\\]"):
-        check_contract(
-            [OperatorSpec(name="decode"), OperatorSpec(name="normalize", params={"mean": [0], "std": [1]})], ["bytes"]
-        )
+    with pytest.raises(ContractError, match="'normalize' reads \\['pixels'\\]"):
+        check_contract(_ops(("decode", {}), ("normalize", {"mean": [0], "std": [1]})), [SOURCE_SCHEMA["bytes"]])
+
+
+def test_contract_check_compares_dtype_rank_and_raggedness() -> None:
+    """Names alone are not enough: each consumer must get the dtype, rank and raggedness it declares."""
+    normalize = ("normalize", {"mean": [0], "std": [1]})
+    # Decoded images are ragged uint8 arrays; normalize needs the dense (N, H, W, C) block a crop makes.
+    with pytest.raises(ContractError, match=r"reads 'pixels' as uint8\[N, H, W, C\], but the source writes it as "
+                       r"ragged uint8\[N, H, W, C\]"):  # fmt: skip
+        check_contract(_ops(normalize), [Column("pixels", "uint8", ("N", "H", "W", "C"), ragged=True)])
+    with pytest.raises(ContractError, match=r"as float32\[N, K\], but the source writes it as float32\[N, H, W\]"):
+        check_contract(_ops(("postprocess", {"labels": ["a"]})), [Column("output", "float32", ("N", "H", "W"))])
+    with pytest.raises(ContractError, match="reads 'input' as float32.*writes it as uint8"):
+        check_contract(_ops(("infer", {"model_uri": "m.onnx", "input_name": "x", "output_name": "y"})),
+                       [Column("input", "uint8", ("N", "C", "H", "W"))])  # fmt: skip
+    # The real graph passes, and "..." (any rank) accepts either layout normalize can write.
+    for layout in ("NCHW", "NHWC"):
+        infer = ("infer", {"model_uri": "m.onnx", "input_name": "x", "output_name": "y"})
+        ops = _ops(("decode", {}), ("resize", {"shorter": 8}), ("center_crop", {"height": 8, "width": 8}),
+                   ("normalize", {"mean": [0, 0, 0], "std": [1, 1, 1], "layout": layout}), infer,
+                   ("postprocess", {"labels": ["a"]}))  # fmt: skip
+        check_contract(ops, [SOURCE_SCHEMA[c] for c in ("id", "bytes", "error")])
 
 
 def test_bad_options_fail_before_any_data(repository) -> None:  # type: ignore[no-untyped-def]
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="top_k"):
-        GraphSpec.model_validate({"model": "digits", "top_k": 0})
+        ScoringOptions.model_validate({"top_k": 0})
     with pytest.raises(ValidationError, match="extra"):
-        GraphSpec.model_validate({"model": "digits", "topk": 3})
+        ScoringOptions.model_validate({"topk": 3})
     with pytest.raises(ConfigError, match="no model 'nope'"):
-        build_graph(GraphSpec(model="nope"), repository)
+        build_graph("nope", repository)
 
 
 def test_io_binding_and_chunked_calls_equal_one_plain_run(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
@@ -80,7 +105,7 @@ def test_io_binding_and_chunked_calls_equal_one_plain_run(repository, photo_jpeg
     give what one session.run on the whole batch gives; failed rows stay NaN."""
     import operators
 
-    graph = build_graph(GraphSpec(model="efficientnet-lite0"), repository)
+    graph = build_graph("efficientnet-lite0", repository)
     (infer_spec,) = [s for s in graph.inference if s.name == "infer"]
     plain = operators.create(infer_spec)
     bound = operators.create(OperatorSpec(name="infer", params={**infer_spec.params, "io_binding": True}))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import ConfigError, ModelLoadError, ModelNotFoundError
-from pipeline.models import ModelRepository, parse_model_ref
+from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from pipeline.model_ref import ModelRef
+from pipeline.models import ModelRepository
 from tests.conftest import MODELS_DIR
 
 
@@ -51,7 +52,7 @@ def test_latest_version_is_numeric_not_lexical(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ref", ["../digits", "digits/1", "digits:../../etc", "..", "a b", ".hidden", "digits:1/2"])
 def test_model_ids_cannot_escape_the_repository(ref: str) -> None:
     with pytest.raises(ConfigError, match="invalid model"):
-        parse_model_ref(ref)
+        ModelRef.parse(ref)
 
 
 def test_unknown_model_and_version_name_what_exists(repository: ModelRepository) -> None:

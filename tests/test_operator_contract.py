@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import operators
-from operators.base import ERROR, Batch, Operator, OperatorSpec, object_array
+from operators.base import ERROR, Batch, Column, Operator, OperatorSpec, object_array
 from tests.conftest import MODELS_DIR, encode
 
 RNG = np.random.default_rng(0)
@@ -67,6 +67,32 @@ def _rows_equal(a: object, b: object) -> bool:
     return a == b
 
 
+def _check_column(values: np.ndarray, column: Column) -> None:
+    """``values`` hold what ``column`` declares: dtype, rank, raggedness (None allowed in object columns)."""
+    if column.dtype in ("str", "bytes") or column.ragged:
+        assert values.dtype == object and values.ndim == 1, column
+        python_type = {"str": str, "bytes": bytes}.get(column.dtype)
+        for value in values:
+            if value is None:
+                continue
+            if python_type is not None:
+                assert isinstance(value, python_type), (column, type(value))
+            else:
+                assert value.dtype == np.dtype(column.dtype) and value.ndim == len(column.axes) - 1, column
+        return
+    assert values.dtype == np.dtype(column.dtype), column
+    if column.rank is not None:
+        assert values.ndim == column.rank, column
+
+
+def test_every_declared_dtype_is_real() -> None:
+    for name in operators.registered_names():
+        op = _build(name)[0]
+        for column in (*op.inputs(), *op.outputs()):
+            assert column.dtype in ("str", "bytes") or np.dtype(column.dtype), column
+            assert column.axes[0] == "N", column
+
+
 @pytest.mark.parametrize("name", operators.registered_names())
 def test_every_operator_has_a_contract_sample(name: str) -> None:
     assert name in SAMPLES, f"register a contract sample for new operator {name!r} in this file"
@@ -94,10 +120,9 @@ class TestContract:
     def test_declared_columns_rows_and_dtypes(self, name: str) -> None:
         op, factory = _build(name)
         out = op(factory(4))
-        for column in op.writes:
+        for column in op.outputs():
             assert column.name in out, f"{name} did not write {column.name}"
-            if column.dtype != "object":
-                assert out[column.name].dtype == np.dtype(column.dtype), column.name
+            _check_column(out[column.name], column)
             assert len(out[column.name]) == 4
         for dropped in op.drops:
             assert dropped not in out

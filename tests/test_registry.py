@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 import operators
+from common.errors import ConfigError, DuplicateOperatorError, UnknownOperatorError
 from operators import Operator, OperatorSpec, register
 from operators.base import Batch
-from pipeline.errors import ConfigError, DuplicateOperatorError, UnknownOperatorError
 
 
 def test_duplicate_names_are_refused_naming_both_classes() -> None:

@@ -22,7 +22,7 @@ BUILDERS: dict[str, str] = {
 
 def builder(name: str) -> Callable[[Path, str], Path]:
     """The build function for ``name``; unknown names list the known ones."""
-    from pipeline.errors import ConfigError
+    from common.errors import ConfigError
 
     if name not in BUILDERS:
         raise ConfigError(f"no builder for model {name!r}; known: {', '.join(sorted(BUILDERS))}")

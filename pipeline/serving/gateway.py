@@ -1,47 +1,44 @@
-"""The HTTP gateway: Open Inference Protocol (V2) routes and ``/predict`` for people, with clear 4xx errors.
+"""The HTTP gateway: Open Inference Protocol (V2) routes, ``/predict`` for people, admin routes, metrics.
 
 It also preprocesses (decode, resize, crop: CPU work that scales with requests, like the HTTP parsing) and sends
-uint8 pixels to the scorer, so a request makes one hop between deployments.
-
-Every scoring response names the version that served it, in the body and in ``X-Model-Version``. Bodies over
-``max_request_bytes`` are refused with 413 from ``Content-Length`` or while streaming, never read whole.
+uint8 pixels to the scorer, so a request makes one hop between deployments. Every scoring response names the
+version that served it, in the body and in ``X-Model-Version``. Bad requests get 4xx with ``{"error": ...}``.
 """
 
+# No ``from __future__ import annotations`` here: FastAPI reads the route methods' annotations at run time,
+# and Serve's class-based views cannot resolve them as strings (``request: Request`` became a query field).
 import asyncio
 import hmac
-import inspect
 import logging
-import os
 import random
 import time
-from collections.abc import AsyncGenerator
+import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
+from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
 
+from common.errors import ConfigError, StreamScoreError
 from operators.base import ERROR, object_array
-from pipeline.errors import ConfigError, StreamScoreError
-from pipeline.models import ModelRepository, check_id
+from pipeline.model_ref import ModelRef
+from pipeline.models import ModelRepository
 from pipeline.serving import v2
-from pipeline.serving.app import GraphCache, ModelScorer, Scored, ServeConfig
-from pipeline.serving.metrics import GatewayMetrics
+from pipeline.serving.config import ServeConfig
+from pipeline.serving.control import STATE_REFRESH_S, ControlSnapshot, VersionState
+from pipeline.serving.http_body import HttpError, read_body, read_files, request_timeout_s
+from pipeline.serving.metrics import PUSH_INTERVAL_S, GatewayMetrics
 from pipeline.serving.routing import RoutingPolicy
+from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, RemoteScorer, ScorerClient
 
-STATE_REFRESH_S = 0.5
 logger = logging.getLogger(__name__)
-
 http = FastAPI(title="StreamScore")
-
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+Handler = Callable[[ModelRef, Request], Awaitable[JSONResponse]]
 
 
 @http.exception_handler(HttpError)
@@ -58,23 +55,26 @@ async def _starlette_error(_: Request, exc: StarletteHTTPException) -> JSONRespo
 @serve.deployment
 @serve.ingress(http)
 class Gateway:
-    def __init__(self, config: ServeConfig, scorer: Any | None, control: Any) -> None:
-        """``scorer``: the Scorer deployment's handle, or None to score in this replica (fused topology)."""
+    def __init__(
+        self, config: ServeConfig, scorer: Any | None, control: Any, metrics_hub: Any, warm: list[ModelRef]
+    ) -> None:
+        """``scorer``: the Scorer deployment's handle, or None to score in this replica (fused topology).
+        ``warm``: the routed versions, loaded before this replica takes traffic."""
         self._config = config
         self._repository = ModelRepository(config.models_dir)
         self._graphs = GraphCache(config, "preprocess")
-        self._scorer: Any = scorer
-        self._local_scorer = ModelScorer(config) if scorer is None else None
+        self._scorer: ScorerClient = LocalScorer(ModelScorer(config, warm)) if scorer is None else RemoteScorer(scorer)
         self._rng = random.Random()
-        self._metrics = GatewayMetrics()
+        self._metrics, self._metrics_hub, self._replica = GatewayMetrics(), metrics_hub, uuid.uuid4().hex
+        self._pusher: asyncio.Task[None] | None = None
         self._control = control
-        self._admin_token = os.environ.get("STREAMSCORE_ADMIN_TOKEN") or config.admin_token
-        self._routing: dict[str, RoutingPolicy] = dict(config.routing)
-        self._states: dict[str, dict[str, Any]] = {}
-        self._state_time = 0.0
+        self._snapshot = ControlSnapshot(routing=dict(config.routing))
+        self._snapshot_time = 0.0
         for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
             if missing := self._missing_versions(model, policy):
                 raise ConfigError(f"routing for {model!r} names versions {missing} not in the repository")
+        for ref in warm:
+            self._graphs.get(ref)
 
     # ------------------------------------------------------------------ health and metadata
     @http.get("/v2")
@@ -93,24 +93,38 @@ class Gateway:
         return {"live": True}
 
     @http.get("/v2/health/ready")
-    def ready(self) -> dict[str, bool]:
-        return {"ready": True}
+    async def ready(self) -> JSONResponse:
+        """Ready when every routed version of every model is loaded here and may take traffic. As the V2
+        protocol says, 200 means ready and a 4xx not (with what is missing); a load starts for what is."""
+        await self._refresh()
+        waiting = [ref for ref in await self._routed() if not await self._version_ready(ref)]
+        if waiting:
+            return JSONResponse({"ready": False, "waiting_for": [str(r) for r in waiting]}, status_code=400)
+        return JSONResponse({"ready": True})
 
     @http.get("/v2/models/{name}")
     @http.get("/v2/models/{name}/versions/{version}")
     def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
-        resolved = self._resolve(name, version)
-        versions = [resolved] if version else self._repository.versions(name)
-        return v2.model_metadata(name, versions, self._config.top_k)
+        ref = self._resolve(name, version)
+        versions = [str(ref.version)] if version else self._repository.versions(name)
+        return v2.model_metadata(name, versions, self._config.options.top_k)
 
     @http.get("/v2/models/{name}/ready")
     @http.get("/v2/models/{name}/versions/{version}/ready")
-    def model_ready(self, name: str, version: str | None = None) -> dict[str, Any]:
-        return {"name": name, "version": self._resolve(name, version), "ready": True}
+    async def model_ready(self, name: str, version: str | None = None) -> JSONResponse:
+        """Ready when loaded here and neither failed its check nor retired (Triton's meaning); 400 otherwise."""
+        await self._refresh()
+        ref = self._resolve(name, version)
+        state = self._snapshot.state_of(ref)
+        ready = await self._version_ready(ref)
+        body = {"name": name, "version": ref.version, "ready": ready, "state": state.state}
+        return JSONResponse(body | ({"error": state.error} if state.error else {}), status_code=200 if ready else 400)
 
     @http.get("/metrics")
-    def metrics(self) -> Response:
-        return Response(self._metrics.render(), media_type="text/plain; version=0.0.4")
+    async def metrics(self) -> Response:
+        """The whole app's counts (every gateway replica's), in the Prometheus text format."""
+        await self._metrics_hub.push.remote(self._replica, self._metrics.snapshot())
+        return Response(await self._metrics_hub.render.remote(), media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ scoring
     @http.post("/v2/models/{name}/infer")
@@ -118,126 +132,65 @@ class Gateway:
     async def infer(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
         return await self._observed("infer", name, version, request, self._infer)
 
-    async def _infer(self, name: str, resolved: str, request: Request) -> JSONResponse:
-        body = await self._read_body(request)
+    async def _infer(self, ref: ModelRef, request: Request) -> JSONResponse:
+        body = await read_body(request, self._config.max_request_bytes)
         header_length = request.headers.get("inference-header-content-length")
         try:
-            parsed = v2.parse_infer_request(body, int(header_length) if header_length else None)
+            length = int(header_length) if header_length else None
+            parsed = v2.parse_infer_request(body, length)
         except (v2.BadRequest, ValueError) as exc:
             raise HttpError(400, str(exc)) from None
         labels = [f"image {i}" for i in range(len(parsed.images))]
-        table = await self._score(name, resolved, parsed.images, labels, request)
-        return self._answer(v2.infer_response(table, parsed.request_id), resolved)
+        table = await self._score(ref, parsed.images, labels, request)
+        return self._answer(v2.infer_response(table, parsed.request_id), ref)
 
     @http.post("/predict/{name}")
     async def predict(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
         """A raw image body, or a multipart upload of one or more files; JSON with label, score and top-k."""
         return await self._observed("predict", name, version, request, self._predict)
 
-    async def _predict(self, name: str, resolved: str, request: Request) -> JSONResponse:
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            # Read within the limit first: Starlette limits the size of fields, not of files (a chunked upload
-            # without Content-Length would otherwise have no bound).
-            body = await self._read_body(request)
-
-            async def replay() -> AsyncGenerator[bytes, None]:
-                yield body
-
-            parser = MultiPartParser(request.headers, replay(), max_part_size=self._config.max_request_bytes)
-            try:
-                form = await parser.parse()
-            except MultiPartException as exc:
-                raise HttpError(400, f"bad multipart upload: {exc.message}") from None
-            files = [(str(getattr(f, "filename", "") or key), await f.read()) for key, f in form.multi_items()
-                     if hasattr(f, "read")]  # fmt: skip
-            if not files:
-                raise HttpError(400, "multipart upload holds no files")
-        else:
-            files = [("image", await self._read_body(request))]
-        table = await self._score(name, resolved, [data for _, data in files], [f for f, _ in files], request)
-        rows = table.to_pylist()
+    async def _predict(self, ref: ModelRef, request: Request) -> JSONResponse:
+        files = await read_files(request, self._config.max_request_bytes)
+        table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request)
         predictions = [
             {"file": filename, "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
-            for (filename, _), r in zip(files, rows, strict=True)
+            for (filename, _), r in zip(files, table.to_pylist(), strict=True)
         ]
-        return self._answer({"model": name, "model_version": resolved, "predictions": predictions}, resolved)
-
-    # ------------------------------------------------------------------ helpers
-    def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
-        return sorted(policy.versions() - set(self._repository.versions(name)))
-
-    async def _observed(self, endpoint: str, name: str, version: str | None, request: Request, handler: Any) -> Any:
-        """Route, run ``handler(name, resolved_version, request)`` and record the outcome and latency."""
-        start, resolved, status = time.perf_counter(), "none", 500
-        try:
-            resolved = await self._route(name, version, request)
-            response = await handler(name, resolved, request)
-            status = response.status_code
-            return response
-        except StarletteHTTPException as exc:  # e.g. a malformed multipart body
-            status = exc.status_code
-            raise
-        except HttpError as exc:
-            status = exc.status
-            if resolved != "none":  # a request refused after routing still names the version it went to
-                exc.headers.setdefault("X-Model-Version", resolved)
-            raise
-        finally:
-            # A name that resolved to no version is not a model: one label for all of them keeps /metrics bounded.
-            model = name if resolved != "none" else "unknown"
-            self._metrics.observe(model, resolved, endpoint, status, time.perf_counter() - start)
-
-    async def _refresh(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._state_time > STATE_REFRESH_S:
-            _, self._routing, self._states = await self._control.snapshot.remote()
-            self._state_time = time.monotonic()
-
-    async def _route(self, name: str, version: str | None, request: Request) -> str:
-        """An explicit version always wins; otherwise the model's routing policy picks (latest if none)."""
-        await self._refresh()
-        policy = self._routing.get(name)
-        if version is None and policy is not None:
-            version = policy.choose(request.headers, self._rng)
-        resolved = self._resolve(name, version)
-        state = self._states.get(f"{name}:{resolved}", {"state": "ready"})
-        if state["state"] != "ready":
-            raise HttpError(404, f"version {resolved} of {name!r} is {state['state']}" + (
-                f": {state['error']}" if state.get("error") else ""))  # fmt: skip
-        return resolved
+        return self._answer({"model": ref.name, "model_version": ref.version, "predictions": predictions}, ref)
 
     # ------------------------------------------------------------------ admin
     def _authorize(self, request: Request) -> None:
-        if not self._admin_token:
+        token = self._config.admin_token
+        if not token:
             raise HttpError(403, "admin API disabled: set STREAMSCORE_ADMIN_TOKEN or admin_token in the config")
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self._admin_token}".encode()):
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise HttpError(401, "admin API needs Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
 
     @http.post("/admin/models/{name}/versions/{version}/load")
     async def admin_load(self, name: str, version: str, request: Request) -> JSONResponse:
         """Load and check a version (warm-up batch, finite outputs); only a passing version can take traffic."""
         self._authorize(request)
-        self._resolve(name, version)
-        ref = f"{name}:{version}"
+        ref = self._resolve(name, version)
         try:
-            await self._check_version(ref)
-        except Exception as exc:  # noqa: BLE001 - any failure of the new version is reported, never served
+            await self._scorer.check(ref)
+            self._graphs.get(ref)
+            state = VersionState()
+        except StreamScoreError as exc:  # cannot load, or scores badly: reported, never served
             message = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
-            await self._control.set_state.remote(ref, "failed", message)
-            await self._refresh(force=True)
-            self._metrics.version_checks.labels(name, version, "failed").inc()
-            return JSONResponse({"model": name, "version": version, "state": "failed", "error": message}, 422)
-        await self._control.set_state.remote(ref, "ready")
+            state = VersionState(state="failed", error=message)
+        await self._control.set_state.remote(ref, state)
         await self._refresh(force=True)
-        self._metrics.version_checks.labels(name, version, "ok").inc()
-        return JSONResponse({"model": name, "version": version, "state": "ready"})
+        self._metrics.version_checks.labels(name, version, "ok" if state.routable else "failed").inc()
+        body = {"model": name, "version": version, "state": state.state}
+        return JSONResponse(body | ({"error": state.error} if state.error else {}), 200 if state.routable else 422)
 
     @http.delete("/admin/models/{name}/versions/{version}")
     async def admin_retire(self, name: str, version: str, request: Request) -> JSONResponse:
         self._authorize(request)
-        self._resolve(name, version)
+        ref = self._resolve(name, version)
         try:
-            await self._control.retire.remote(name, version)
+            await self._control.retire.remote(ref)
         except ConfigError as exc:
             raise HttpError(409, str(exc)) from None
         await self._refresh(force=True)
@@ -247,10 +200,9 @@ class Gateway:
     async def admin_get_routing(self, name: str, request: Request) -> JSONResponse:
         self._authorize(request)
         await self._refresh(force=True)
-        policy = self._routing.get(name, RoutingPolicy())
-        states = {ref.split(":", 1)[1]: s for ref, s in self._states.items() if ref.split(":", 1)[0] == name}
-        loaded = await self._loaded_versions()
-        held = [ref.split(":", 1)[1] for ref in loaded if ref.split(":", 1)[0] == name]
+        policy = self._snapshot.routing.get(name, RoutingPolicy())
+        states = {v: s.model_dump(exclude_none=True) for v, s in self._snapshot.states_of(name).items()}
+        held = [ref.version for ref in await self._scorer.loaded() if ref.name == name]
         return JSONResponse({"model": name, "routing": policy.model_dump(), "versions": states, "loaded": held})
 
     @http.put("/admin/models/{name}/routing")
@@ -258,7 +210,7 @@ class Gateway:
         self._authorize(request)
         self._resolve(name, None)
         try:
-            policy = RoutingPolicy.model_validate_json(await self._read_body(request))
+            policy = RoutingPolicy.model_validate_json(await read_body(request, self._config.max_request_bytes))
         except ValueError as exc:
             raise HttpError(400, f"bad routing policy: {exc}") from None
         if missing := self._missing_versions(name, policy):
@@ -270,99 +222,133 @@ class Gateway:
         await self._refresh(force=True)
         return JSONResponse({"model": name, "routing": policy.model_dump()})
 
-    def _resolve(self, name: str, version: str | None) -> str:
+    # ------------------------------------------------------------------ helpers
+    def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
+        return sorted(policy.versions() - set(self._repository.versions(name)))
+
+    async def _routed(self) -> list[ModelRef]:
+        """Every version some routing policy can send traffic to (a model without one: its latest)."""
+        refs = []
+        for name in self._repository.names():
+            policy = self._snapshot.routing.get(name, RoutingPolicy())
+            versions = sorted(policy.versions()) or [self._repository.resolve_version(name, None)]
+            refs += [ModelRef(name=name, version=v) for v in versions]
+        return refs
+
+    async def _version_ready(self, ref: ModelRef) -> bool:
+        """Loaded here (both halves) and routable; starts loading it when it is routable but not loaded."""
+        if not self._snapshot.state_of(ref).routable:
+            return False
+        if ref in await self._scorer.loaded() and ref in self._graphs.cached():
+            return True
+        asyncio.get_running_loop().create_task(self._load_quietly(ref))
+        return False
+
+    async def _load_quietly(self, ref: ModelRef) -> None:
         try:
-            check_id("name", name)
-            if version is not None:
-                check_id("version", version)
-            return self._repository.resolve_version(name, version)
+            await self._scorer.check(ref)
+            await asyncio.to_thread(self._graphs.get, ref)
+        except (StreamScoreError, RayError) as exc:
+            logger.warning("loading %s for readiness failed: %s", ref, exc)
+
+    async def _observed(self, endpoint: str, name: str, version: str | None, request: Request, handler: Handler) -> Any:
+        """Route, run ``handler(ref, request)`` and record the outcome and latency."""
+        self._start_pushing_metrics()
+        start, ref, status = time.perf_counter(), None, 500
+        try:
+            ref = await self._route(name, version, request)
+            response = await handler(ref, request)
+            status = response.status_code
+            return response
+        except StarletteHTTPException as exc:  # e.g. a malformed multipart body
+            status = exc.status_code
+            raise
+        except HttpError as exc:
+            status = exc.status
+            if ref is not None:  # a request refused after routing still names the version it went to
+                exc.headers.setdefault("X-Model-Version", str(ref.version))
+            raise
+        finally:
+            # A name that resolved to no version is not a model: one label for all of them keeps /metrics bounded.
+            model, resolved = (ref.name, str(ref.version)) if ref is not None else ("unknown", "none")
+            self._metrics.observe(model, resolved, endpoint, status, time.perf_counter() - start)
+
+    def _start_pushing_metrics(self) -> None:
+        if self._pusher is None:
+            self._pusher = asyncio.get_running_loop().create_task(self._push_metrics())
+
+    async def _push_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(PUSH_INTERVAL_S)
+            try:
+                await self._metrics_hub.push.remote(self._replica, self._metrics.snapshot())
+            except RayError as exc:  # the hub is being replaced; the next push catches up
+                logger.warning("could not push metrics: %s", exc)
+
+    async def _refresh(self, force: bool = False) -> None:
+        if force or time.monotonic() - self._snapshot_time > STATE_REFRESH_S:
+            self._snapshot = await self._control.snapshot.remote()
+            self._snapshot_time = time.monotonic()
+
+    async def _route(self, name: str, version: str | None, request: Request) -> ModelRef:
+        """An explicit version always wins; otherwise the model's routing policy picks (latest if none)."""
+        await self._refresh()
+        policy = self._snapshot.routing.get(name)
+        if version is None and policy is not None:
+            version = policy.choose(request.headers, self._rng)
+        ref = self._resolve(name, version)
+        state = self._snapshot.state_of(ref)
+        if not state.routable:
+            raise HttpError(
+                404, f"version {ref.version} of {name!r} is {state.state}" + (f": {state.error}" if state.error else "")
+            )
+        return ref
+
+    def _resolve(self, name: str, version: str | None) -> ModelRef:
+        """The pinned version ``version`` of ``name`` (its latest for None); 404 when there is none."""
+        try:
+            ref = ModelRef(name=name, version=version)
+            return ref.at(self._repository.resolve_version(ref.name, ref.version))
         except StreamScoreError as exc:
             raise HttpError(404, str(exc)) from None
 
-    def _check_declared_length(self, request: Request) -> None:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self._config.max_request_bytes:
-            raise HttpError(413, f"request body of {declared} bytes is over the {self._config.max_request_bytes} limit")
-
-    async def _read_body(self, request: Request) -> bytes:
-        self._check_declared_length(request)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self._config.max_request_bytes:
-                raise HttpError(413, f"request body is over the {self._config.max_request_bytes}-byte limit")
-            chunks.append(chunk)
-        if not size:
-            raise HttpError(400, "empty request body: send an image")
-        return b"".join(chunks)
-
-    async def _score(self, name: str, version: str, images: list[bytes], labels: list[str], request: Request) -> Any:
-        """Preprocess and score within the request's time limit: the config's ``request_timeout_s``, or less
-        when the client asks with ``X-Request-Timeout-S``. Full queues answer 503 with ``Retry-After``."""
-        timeout = self._config.request_timeout_s
-        asked = request.headers.get("x-request-timeout-s")
-        if asked:
-            try:
-                timeout = min(timeout, float(asked))
-            except ValueError:
-                timeout = -1.0
-            if not timeout > 0:
-                raise HttpError(400, f"X-Request-Timeout-S must be a positive number of seconds, got {asked!r}")
+    async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], request: Request) -> Any:
+        """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``."""
+        timeout = request_timeout_s(request.headers, self._config.request_timeout_s)
         try:
-            return await asyncio.wait_for(self._score_now(name, version, images, labels), timeout)
+            return await asyncio.wait_for(self._score_now(ref, images, labels), timeout)
         except TimeoutError:
             raise HttpError(504, f"not scored within {timeout:g} s") from None
         except BackPressureError:
             raise HttpError(503, "the scoring queues are full; retry shortly", {"Retry-After": "1"}) from None
-        except HttpError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a dead scorer replica, a storage error: the server's fault, said so
-            logger.exception("scoring %s:%s failed", name, version)
-            raise HttpError(503, f"version {version} of {name!r} could not score: {type(exc).__name__}") from None
+        except RayError as exc:  # a scorer replica died mid-request: the server's fault, said so
+            logger.warning("scoring %s failed: %s", ref, exc)
+            raise HttpError(
+                503, f"version {ref.version} of {ref.name!r} could not score: {type(exc).__name__}"
+            ) from None
 
-    async def _score_now(self, name: str, version: str, images: list[bytes], labels: list[str]) -> Any:
+    async def _score_now(self, ref: ModelRef, images: list[bytes], labels: list[str]) -> Any:
         """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
-        ref = f"{name}:{version}"
         try:
             pixels, errors = await asyncio.to_thread(self._preprocess, ref, images)
         except StreamScoreError as exc:  # the version's files cannot be loaded here
-            raise HttpError(503, f"version {version} of {name!r} cannot be loaded: {exc}") from None
+            raise HttpError(503, f"version {ref.version} of {ref.name!r} cannot be loaded: {exc}") from None
         bad = [f"{label}: {e}" for label, e in zip(labels, errors, strict=True) if e is not None]
         if bad:
             raise HttpError(400, "; ".join(bad))
-        table, batch_requests, error = await self._score_pixels(ref, pixels)
-        if error is not None:
-            raise HttpError(503, f"version {version} of {name!r} could not score: {error}")
-        self._metrics.images.labels(name, version).inc(len(images))
-        self._metrics.batch_size.labels(name, version).observe(batch_requests)
-        return table
+        scored = await self._scorer.score(ref, pixels)
+        if scored.error is not None:
+            raise HttpError(503, f"version {ref.version} of {ref.name!r} could not score: {scored.error}")
+        self._metrics.images.labels(ref.name, ref.version).inc(len(images))
+        self._metrics.batch_size.labels(ref.name, ref.version).observe(scored.batch_requests)
+        return scored.table
 
-    async def _score_pixels(self, model_ref: str, pixels: Any) -> Scored:
-        return await self._call_scorer("score", model_ref, pixels)  # type: ignore[no-any-return]
-
-    async def _loaded_versions(self) -> list[str]:
-        """``name:version`` held by the scorer that answers (one replica's view; LRU, bounded)."""
-        return list(await self._call_scorer("loaded"))
-
-    async def _check_version(self, model_ref: str) -> None:
-        await self._call_scorer("check", model_ref)
-
-    async def _call_scorer(self, method: str, *args: Any) -> Any:
-        """Call the Scorer deployment's ``method`` (split), or the one in this replica (fused: ``score`` is
-        batched with this replica's other requests; the rest run in a worker thread)."""
-        if self._local_scorer is None:
-            return await getattr(self._scorer, method).remote(*args)
-        local = getattr(self._local_scorer, method)
-        if inspect.iscoroutinefunction(local):
-            return await local(*args)
-        return await asyncio.to_thread(local, *args)
-
-    def _preprocess(self, model_ref: str, images: list[bytes]) -> tuple[Any, list[str | None]]:
+    def _preprocess(self, ref: ModelRef, images: list[bytes]) -> tuple[np.ndarray, list[str | None]]:
         """Encoded images -> uint8 pixels ``(N, H, W, C)`` and a per-image error (or None)."""
-        _, preprocess = self._graphs.get(model_ref)
+        _, preprocess = self._graphs.get(ref)
         out = preprocess({"id": object_array([str(i) for i in range(len(images))]), "bytes": object_array(images)})
         return out["pixels"], list(out[ERROR])
 
     @staticmethod
-    def _answer(body: dict[str, Any], version: str) -> JSONResponse:
-        return JSONResponse(body, headers={"X-Model-Version": version})
+    def _answer(body: dict[str, Any], ref: ModelRef) -> JSONResponse:
+        return JSONResponse(body, headers={"X-Model-Version": str(ref.version)})

@@ -17,7 +17,7 @@ import os
 import shutil
 import socket
 
-from pipeline.errors import ConfigError
+from common.errors import ConfigError
 
 FAST_INGRESS = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",

@@ -1,18 +1,31 @@
-"""Prometheus metrics of the gateway: requests, errors, latency, images and batch sizes by model and version.
+"""Prometheus metrics of the app: requests, latency, images, batch sizes and version checks, app-wide.
 
-Each gateway replica keeps its own registry and ``/metrics`` answers with the replica that takes the scrape;
-with one gateway replica (the default) that is the whole app.
+Each gateway replica counts into its own registry (no remote call on the request path) and sends a snapshot
+of it to the ``MetricsHub`` deployment every ``PUSH_INTERVAL_S`` and before it answers a scrape. The hub
+sums the latest snapshot of every replica it has heard from, so ``/metrics`` gives the same totals whichever
+replica takes the scrape, and counts never go back when a replica is replaced (its last snapshot stays).
+Counters, histogram buckets, sums and counts are additive; ``_created`` timestamps are not and are dropped.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from ray import serve
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+PUSH_INTERVAL_S = 0.5
+
+# (family name, documentation, type, [(sample name, labels, value)])
+Family = tuple[str, str, str, list[tuple[str, tuple[tuple[str, str], ...], float]]]
 
 
 class GatewayMetrics:
+    """One replica's counts."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         labels = ["model", "version", "endpoint"]
@@ -34,7 +47,6 @@ class GatewayMetrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
-
         self.version_checks = Counter(
             "streamscore_version_checks",
             "Admin loads of a version by outcome (ok: it may take traffic; failed: it takes none)",
@@ -46,5 +58,63 @@ class GatewayMetrics:
         self.requests.labels(model, version, endpoint, str(status)).inc()
         self.latency.labels(model, version, endpoint).observe(seconds)
 
+    def snapshot(self) -> list[Family]:
+        """Plain values (picklable) of every additive sample."""
+        return [
+            (
+                family.name,
+                family.documentation,
+                family.type,
+                [
+                    (s.name, tuple(sorted(s.labels.items())), s.value)
+                    for s in family.samples
+                    if not s.name.endswith("_created")
+                ],
+            )
+            for family in self.registry.collect()
+        ]
+
+
+def merge(snapshots: Iterable[list[Family]]) -> list[Metric]:
+    """Sum samples with the same name and labels across snapshots, family by family."""
+    families: dict[str, Metric] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for snapshot in snapshots:
+        for name, documentation, kind, samples in snapshot:
+            families.setdefault(name, Metric(name, documentation, kind))
+            totals = sums.setdefault(name, {})
+            for sample_name, labels, value in samples:
+                totals[(sample_name, labels)] = totals.get((sample_name, labels), 0.0) + value
+    for name, metric in families.items():
+        for (sample_name, labels), value in sums[name].items():
+            metric.add_sample(sample_name, dict(labels), value)
+    return list(families.values())
+
+
+class _Collected:
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._metrics
+
+
+def render(metrics: list[Metric]) -> bytes:
+    """Prometheus text format of ``metrics``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected(metrics))
+    return generate_latest(registry)
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+class MetricsHub:
+    """The latest snapshot of every gateway replica, summed on request."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, list[Family]] = {}
+
+    def push(self, replica: str, snapshot: list[Family]) -> None:
+        self._snapshots[replica] = snapshot
+
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return render(merge(self._snapshots.values()))

@@ -27,8 +27,24 @@ class ModelLoadError(StreamScoreError):
     """A model could not be loaded, or does not match its manifest, or not on the device asked for."""
 
 
+class ContractError(ConfigError):
+    """Operators of a graph disagree on a column (missing, dtype or rank), or a batch breaks its contract."""
+
+
+class InferenceError(StreamScoreError):
+    """ONNX Runtime failed on a batch, for a caller that asked for an exception instead of error rows."""
+
+
 class InputError(StreamScoreError):
     """The input of a job (a folder, a glob, a Parquet dataset) cannot be read or is empty."""
+
+
+class LostRowsError(StreamScoreError):
+    """A run wrote fewer rows than it read: a bug in StreamScore, never the input's fault."""
+
+
+class WorkerCrashedError(StreamScoreError):
+    """A process doing the work died (killed for memory, a crash in native code); the run cannot finish."""
 
 
 class ErrorBudgetExceeded(StreamScoreError):

@@ -1,0 +1,90 @@
+"""What every command shares: logging, the models folder, connecting to Ray, and how a command ends.
+
+A command ends in one of four ways, each with one line on stderr at most: 0 (done), 2 (a StreamScoreError:
+bad arguments, model or input, found before any data is read where possible), 3 (the error budget was
+exceeded; the command says so itself), 130 (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from common.errors import StreamScoreError
+from pipeline.models import MODELS_DIR_ENV, find_models_dir
+
+logger = logging.getLogger("streamscore")
+
+
+def process_started_at() -> float:
+    """When this process started, on the ``time.perf_counter()`` clock: a user's wait includes the interpreter
+    start and our imports, not only what follows ``main()`` (Linux ``/proc``; elsewhere: now)."""
+    now = time.perf_counter()
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return now
+    return now - max(0.0, uptime_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def add_models_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models-dir",
+        help=f"model repository root, path or URI (default: ${MODELS_DIR_ENV}, else ./models, else the models "
+        "bundled with StreamScore)",
+    )
+
+
+def models_dir(args: argparse.Namespace) -> str:
+    return find_models_dir(getattr(args, "models_dir", None), os.environ.get(MODELS_DIR_ENV), Path.cwd())
+
+
+def run_command(command: Callable[[], int]) -> int:
+    """Run ``command`` and turn our errors and Ctrl-C into one line and an exit status."""
+    try:
+        return command()
+    except StreamScoreError as exc:
+        print(f"streamscore: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nstreamscore: interrupted; output written so far is incomplete", file=sys.stderr)
+        return 130
+
+
+def connect_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address`` (or ``RAY_ADDRESS``); without one, start a local instance for this run.
+
+    A local instance lives only as long as this command, so it starts without the dashboard, whose
+    processes would take CPU from the actors (measured: about 3% of a 2-core machine).
+    """
+    import ray
+
+    # Ray colours its log prefixes whenever it is asked to; a pipe or a log file should get plain text.
+    os.environ.setdefault("RAY_COLOR_PREFIX", "1" if sys.stderr.isatty() else "0")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING)
+    else:
+        # "local": never join a cluster that `ray start` left running on this machine without being asked.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    _quiet_ray_data_console()
+
+
+def _quiet_ray_data_console() -> None:
+    """Ray Data's per-dataset chatter on the console ("Starting execution", "Progress bars disabled") would
+    bury our progress line and summary; its file log in the session's logs/ray-data folder keeps it all."""
+    import ray.data  # noqa: F401 - configures Ray Data's loggers, which we then adjust
+
+    for handler in logging.getLogger("ray.data").handlers:
+        if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
+            handler.setLevel(logging.ERROR)

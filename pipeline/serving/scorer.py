@@ -1,0 +1,190 @@
+"""Scoring in the Serve app: the version cache, the batching scorer, its deployment, and how a gateway calls it.
+
+The gateway preprocesses (uint8 pixels out); a scorer batches concurrent requests with ``@serve.batch`` and
+runs the inference half of the graph (normalize, ONNX Runtime, top-k). In the split topology the scorer is
+its own deployment (``Scorer``) and the gateway holds a ``RemoteScorer``; fused, each gateway replica holds a
+``LocalScorer`` over a ``ModelScorer`` in its own process. Both speak ``ScorerClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pyarrow as pa
+from ray import serve
+
+from common.errors import InferenceError, StreamScoreError
+from operators.base import ERROR, object_array
+from pipeline.graph import Graph, Stage, graph_for_model
+from pipeline.model_ref import ModelRef
+from pipeline.models import ModelRepository
+from pipeline.output import predictions_table
+from pipeline.serving.config import ServeConfig
+
+logger = logging.getLogger(__name__)
+Half = Literal["preprocess", "inference"]
+
+
+class GraphCache:
+    """One half of the graph per model version, built on first use; the least recently used go past
+    ``capacity``. Each deployment builds only its half: the gateway reads the manifest and labels but never
+    opens an ONNX Runtime session. Thread-safe (the gateway preprocesses in worker threads); a version being
+    built never holds up the others."""
+
+    def __init__(self, config: ServeConfig, half: Half, device: str = "cpu") -> None:
+        self._repository = ModelRepository(config.models_dir)
+        self._options = config.options
+        self._half, self._device = half, device
+        self._capacity = config.max_cached_versions
+        self._entries: collections.OrderedDict[ModelRef, tuple[Graph, Stage]] = collections.OrderedDict()
+        self._lock = threading.Lock()  # guards _entries and _building, held only briefly
+        self._building: dict[ModelRef, threading.Lock] = {}
+
+    def get(self, ref: ModelRef) -> tuple[Graph, Stage]:
+        """The graph and built stage for ``ref`` (a pinned version)."""
+        with self._lock:
+            if ref in self._entries:
+                self._entries.move_to_end(ref)
+                return self._entries[ref]
+            building = self._building.setdefault(ref, threading.Lock())
+        with building:  # one build per version; requests for it wait, the rest go on
+            with self._lock:
+                if ref in self._entries:
+                    return self._entries[ref]
+            entry = self._build(ref)
+            with self._lock:
+                self._entries[ref] = entry
+                self._building.pop(ref, None)
+                while len(self._entries) > self._capacity:
+                    self._entries.popitem(last=False)
+            return entry
+
+    def _build(self, ref: ModelRef) -> tuple[Graph, Stage]:
+        model = self._repository.load(ref, check_graph=self._half == "inference")
+        graph = graph_for_model(model, self._options).on_device(self._device)
+        if self._half == "inference":  # a request is answered whole or refused, never with rows of errors
+            graph = graph.with_infer_params(on_error="raise")
+        return graph, Stage(graph.preprocess if self._half == "preprocess" else graph.inference)
+
+    def cached(self) -> list[ModelRef]:
+        """The versions held now, least recently used first."""
+        with self._lock:
+            return list(self._entries)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A request's share of a scored batch: its prediction rows, or the error that kept it from them."""
+
+    table: pa.Table | None
+    batch_requests: int  # requests that shared the batch
+    error: str | None = None
+
+
+class ModelScorer:
+    """Pixels -> prediction tables; concurrent requests are scored together, grouped by model version."""
+
+    def __init__(self, config: ServeConfig, warm: Sequence[ModelRef] = ()) -> None:
+        self._graphs = GraphCache(config, "inference", "cuda" if config.scorer_gpus else "cpu")
+        # Ray's stubs for @serve.batch know one-argument methods only, hence the ignores below.
+        self.score.set_max_batch_size(config.max_batch_size)  # type: ignore[misc, attr-defined]
+        self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[misc, attr-defined]
+        for ref in warm:  # the routed versions: loaded before the replica takes traffic
+            try:
+                self.check(ref)
+            except StreamScoreError:
+                logger.exception("routed version %s failed its warm-up; its requests will fail", ref)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # type: ignore[arg-type]
+    async def score(self, refs: list[ModelRef], pixels: list[np.ndarray]) -> list[Scored]:  # type: ignore[misc]
+        """Each request gets its rows, or an error; a version that fails fails only its own requests."""
+        n = len(refs)
+        results = [Scored(None, n)] * n
+        for ref in dict.fromkeys(refs):
+            members = [i for i, r in enumerate(refs) if r == ref]
+            try:
+                table = await asyncio.to_thread(self._run, ref, np.concatenate([pixels[i] for i in members]))
+            except StreamScoreError as exc:  # cannot load, or ONNX Runtime failed: this version's requests only
+                logger.warning("scoring %s failed: %s", ref, exc)
+                for i in members:
+                    results[i] = Scored(None, n, f"{type(exc).__name__}: {exc}"[:500])
+                continue
+            offset = 0
+            for i in members:
+                results[i] = Scored(table.slice(offset, len(pixels[i])), n)
+                offset += len(pixels[i])
+        return results
+
+    def check(self, ref: ModelRef) -> None:
+        """Load ``ref`` and score a warm-up batch; an InferenceError unless every output is finite."""
+        graph, _ = self._graphs.get(ref)
+        spec = graph.model.manifest.input
+        warm_up = np.random.default_rng(0).integers(0, 256, (2, spec.height, spec.width, spec.channels), np.uint8)
+        scores = self._run(ref, warm_up).column("score").to_numpy(zero_copy_only=False)
+        if not np.isfinite(scores).all():
+            raise InferenceError(f"{ref} gave non-finite scores on its warm-up batch")
+
+    def loaded(self) -> list[ModelRef]:
+        """The versions this replica holds (least recently used first); at most ``max_cached_versions``."""
+        return self._graphs.cached()
+
+    def _run(self, ref: ModelRef, pixels: np.ndarray) -> pa.Table:
+        graph, inference = self._graphs.get(ref)
+        n = len(pixels)
+        batch = {"id": object_array([str(i) for i in range(n)]), "pixels": pixels, ERROR: np.full(n, None, object)}
+        return predictions_table(inference(batch), graph.model)
+
+
+Scorer = serve.deployment(ModelScorer, name="Scorer")
+
+
+class ScorerClient(Protocol):
+    """How a gateway reaches a scorer, in its own process or in the Scorer deployment."""
+
+    async def score(self, ref: ModelRef, pixels: np.ndarray) -> Scored: ...
+
+    async def check(self, ref: ModelRef) -> None: ...
+
+    async def loaded(self) -> list[ModelRef]: ...
+
+
+class LocalScorer:
+    """Fused topology: a ``ModelScorer`` in this replica (``score`` batched with this replica's requests)."""
+
+    def __init__(self, scorer: ModelScorer) -> None:
+        self._scorer = scorer
+
+    async def score(self, ref: ModelRef, pixels: np.ndarray) -> Scored:
+        scored: Scored = await self._scorer.score(ref, pixels)  # type: ignore[misc, call-arg]
+        return scored
+
+    async def check(self, ref: ModelRef) -> None:
+        await asyncio.to_thread(self._scorer.check, ref)
+
+    async def loaded(self) -> list[ModelRef]:
+        return self._scorer.loaded()
+
+
+class RemoteScorer:
+    """Split topology: the Scorer deployment, through its handle (``loaded`` is the answering replica's)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def score(self, ref: ModelRef, pixels: np.ndarray) -> Scored:
+        scored: Scored = await self._handle.score.remote(ref, pixels)
+        return scored
+
+    async def check(self, ref: ModelRef) -> None:
+        await self._handle.check.remote(ref)
+
+    async def loaded(self) -> list[ModelRef]:
+        refs: list[ModelRef] = await self._handle.loaded.remote()
+        return refs

@@ -1,0 +1,205 @@
+"""``streamscore score`` as a user runs it: subprocesses, a private local Ray, real files and ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.models import ModelRepository
+from tests.conftest import MODELS_DIR, REPO, wait_for
+from tests.processes import (
+    DEMO_IMAGES,
+    MODEL,
+    clean_env,
+    console_script,
+    ray_sessions,
+    read_output,
+    short_tmp_dir,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    ray_sessions: list[Path]  # Ray instances this run started (an empty list: Ray never started)
+
+
+@pytest.fixture
+def streamscore(tmp_path: Path) -> Iterator:
+    """Run ``python -m jobs.cli ARGS`` from the repository as a developer would, or, with ``cwd`` elsewhere, the
+    installed ``streamscore`` console script as a user would; a Ray it starts lives in its own temp dir."""
+    ray_tmpdir = short_tmp_dir("ss-cli-")
+
+    def run(*args: str, timeout_s: float = 180, cwd: Path = REPO) -> CliRun:
+        before = set(ray_sessions(ray_tmpdir))
+        command = [sys.executable, "-m", "jobs.cli"] if cwd == REPO else [console_script("streamscore")]
+        done = subprocess.run(
+            [*command, *args],
+            cwd=cwd,
+            env=clean_env(RAY_TMPDIR=str(ray_tmpdir)),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        return CliRun(done.returncode, done.stdout, done.stderr, sorted(set(ray_sessions(ray_tmpdir)) - before))
+
+    yield run
+    shutil.rmtree(ray_tmpdir, ignore_errors=True)
+
+
+def test_score_demo_images(streamscore, tmp_path: Path) -> None:
+    """The README's first command, run outside the repository without --models-dir (the bundled models are
+    found): every demo photo scored, the broken one kept with its error, a summary; a clean log."""
+    out, summary_path = tmp_path / "out", tmp_path / "summary.json"
+    args = ("--model", MODEL, "--overwrite", "--summary-json", str(summary_path))
+    run = streamscore("score", str(DEMO_IMAGES), str(out), *args, "--show", "5", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert len(run.ray_sessions) == 1  # proves the no-Ray checks below can see a Ray start
+    # A clean run logs no ERROR line (Ray's core worker writes "[... E pid tid] file.cc:line") and, not on a
+    # terminal, no colour codes.
+    assert not [line for line in run.stderr.splitlines() if " ERROR " in line or re.match(r"\[.* E \d+ \d+\]", line)]
+    assert "\x1b[" not in run.stderr + run.stdout
+
+    rows = {row["id"]: row for row in read_output(out)}
+    assert sorted(rows) == ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg", "truncated.jpg"]
+    latest = ModelRepository(str(MODELS_DIR)).versions(MODEL)[-1]
+    assert {(row["model"], row["model_version"]) for row in rows.values()} == {(MODEL, latest)}
+    coffee = rows["coffee.jpg"]
+    assert coffee["label"] == "espresso" and coffee["error"] is None
+    assert coffee["top_k"][0] == {"label": "espresso", "score": pytest.approx(coffee["score"])}
+    assert len(coffee["top_k"]) == 5
+    broken = rows["truncated.jpg"]
+    assert broken["error"].startswith("truncated")
+    assert broken["label"] is None and broken["score"] is None and broken["top_k"] is None
+    assert all(row["error"] is None for name, row in rows.items() if name != "truncated.jpg")
+
+    summary = json.loads(summary_path.read_text())
+    assert (summary["input_rows"], summary["rows"], summary["error_rows"]) == (5, 5, 1)
+    assert summary["errors_by_reason"] == {"truncated": 1}
+    assert summary["images_per_s"] > 0
+
+    lines = run.stdout.splitlines()
+    assert "rows: 5 (input rows: 5)" in lines
+    assert "errors: 1" in lines and "  truncated: 1" in lines
+    wall = next(line for line in lines if line.startswith("wall time: "))
+    assert "Ray's start-up included" in wall and summary["wall_s"] > summary["first_predictions_s"] > 0
+    assert any(line.startswith("images/s once running: ") for line in lines)
+    assert any(line.startswith("coffee.jpg: espresso (") for line in lines)
+    assert any(line.startswith("truncated.jpg: error: truncated") for line in lines)
+
+
+def test_error_budget_exceeded_exits_3_and_writes_every_row(streamscore, tmp_path: Path) -> None:
+    images = tmp_path / "mostly_bad"
+    images.mkdir()
+    shutil.copy(DEMO_IMAGES / "coffee.jpg", images / "good.jpg")
+    shutil.copy(DEMO_IMAGES / "truncated.jpg", images / "cut.jpg")
+    (images / "empty.jpg").write_bytes(b"")
+    (images / "notes.png").write_bytes(b"not a picture, just text\n" * 10)
+    out, summary_path = tmp_path / "out", tmp_path / "summary.json"
+
+    run = streamscore(
+        "score", str(images), str(out), "--model", MODEL, "--models-dir", str(MODELS_DIR), "--max-error-fraction", "0.1",
+        "--summary-json", str(summary_path),
+    )  # fmt: skip
+    assert run.returncode == 3, run.stderr
+    assert "3 of 4 rows failed" in run.stderr and "over the allowed 10.0%" in run.stderr
+    assert "rows: 4 (input rows: 4)" in run.stdout.splitlines()  # the closing summary is still printed
+    summary = json.loads(summary_path.read_text())
+    assert summary["errors_by_reason"] == {"truncated": 1, "empty": 1, "not_an_image": 1}
+
+    rows = {row["id"]: row for row in read_output(out)}
+    assert sorted(rows) == ["cut.jpg", "empty.jpg", "good.jpg", "notes.png"]
+    assert rows["good.jpg"]["label"] == "espresso" and rows["good.jpg"]["error"] is None
+    reasons = {name: row["error"].split(":")[0] for name, row in rows.items() if row["error"]}
+    assert reasons == {"cut.jpg": "truncated", "empty.jpg": "empty", "notes.png": "not_an_image"}
+
+
+def test_unknown_model_exits_2_before_ray_starts(streamscore, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = streamscore("score", str(DEMO_IMAGES), str(out), "--model", "no-such-model", "--models-dir", str(MODELS_DIR))
+    assert run.returncode == 2
+    assert run.stderr.startswith("streamscore: error: no model 'no-such-model'"), run.stderr
+    assert MODEL in run.stderr  # the message lists the models there are
+    assert run.ray_sessions == []
+    assert not out.exists()
+
+
+def test_missing_input_exits_2_before_ray_starts(streamscore, tmp_path: Path) -> None:
+    missing, out = tmp_path / "no-such-folder", tmp_path / "out"
+    run = streamscore("score", str(missing), str(out), "--model", MODEL, "--models-dir", str(MODELS_DIR))
+    assert run.returncode == 2
+    assert run.stderr.strip() == f"streamscore: error: input {missing} does not exist"
+    assert run.ray_sessions == []
+    assert not out.exists()
+
+
+def test_non_empty_output_exits_2_before_ray_starts(streamscore, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("someone's data")
+    run = streamscore("score", str(DEMO_IMAGES), str(out), "--model", MODEL, "--models-dir", str(MODELS_DIR))
+    assert run.returncode == 2
+    assert "is not empty; pass --overwrite" in run.stderr, run.stderr
+    assert run.ray_sessions == []
+    assert (out / "keep.txt").read_text() == "someone's data"
+
+
+@pytest.mark.parametrize("command", [["score"], ["serve"], ["admin"], ["models", "list"]])
+def test_help_shows_defaults_and_an_example(command: list[str]) -> None:
+    done = subprocess.run(
+        [console_script("streamscore"), *command, "--help"], capture_output=True, text=True, timeout=60, env=clean_env()
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: streamscore {' '.join(command)}")
+    assert "example: streamscore " in done.stdout
+    if command == ["score"]:
+        for option in ("--model", "--models-dir", "--max-error-fraction", "--summary-json", "--show", "--address"):
+            assert option in done.stdout
+        # Defaults come from the pydantic models, shown once, where the user reads them.
+        assert "(default: pillow)" in done.stdout and "(default: 5)" in done.stdout
+        assert "(default: 50000000)" in done.stdout
+
+
+def test_progress_line_counts_errors_in_words() -> None:
+    from jobs.batch_score import progress_line
+
+    assert progress_line(10, 1, 20, 2.0).endswith("10/20 rows  5.0 img/s  1 error")
+    assert progress_line(10, 2, None, 2.0).endswith("2 errors")
+    assert progress_line(10, 0, None, 2.0).endswith("0 errors")
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path) -> None:
+    """SIGINT while the run is under way (Ray started): no traceback, one line saying so, exit 130."""
+    ray_tmpdir = short_tmp_dir("ss-int-")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(200):
+        shutil.copy(DEMO_IMAGES / "coffee.jpg", images / f"{i}.jpg")
+    command = [sys.executable, "-m", "jobs.cli", "score", str(images), str(tmp_path / "out"), "--model", MODEL]
+    run = subprocess.Popen(command, cwd=REPO, env=clean_env(RAY_TMPDIR=str(ray_tmpdir)), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: bool(ray_sessions(ray_tmpdir)) or run.poll() is not None, 120, 0.1)
+        assert run.poll() is None, run.communicate()
+        run.send_signal(signal.SIGINT)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    assert run.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == "streamscore: interrupted; output written so far is incomplete"
