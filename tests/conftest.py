@@ -43,7 +43,7 @@ def repository():
 @pytest.fixture(scope="session")
 def digit_files(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
     """The held-out handwritten digits (never seen in training) as real 32x32 PNG files."""
-    from pipeline.model_builders.digits import write_heldout_images
+    from builders.digits import write_heldout_images
 
     return write_heldout_images(tmp_path_factory.mktemp("digits"))
 

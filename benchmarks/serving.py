@@ -1,11 +1,11 @@
 """The serving benchmark: latency percentiles and requests/s of the Serve app at several concurrencies.
 
-    python jobs/benchmark.py --serving --model efficientnet-lite0 --images 400 --json bench/serving.json
+    python -m benchmarks --serving --model efficientnet-lite0 --images 400 --json bench/serving.json
 
 A closed-loop load generator (aiohttp; each of C clients sends its next request when the last is answered)
 posts benchmark JPEGs to ``/predict/{model}`` on a local app started as ``streamscore serve`` starts it.
 Also measured: the same graph called in-process on one image (the floor Serve adds its cost to), and (by
-``jobs/benchmark.py``) the batch pipeline on the same images. Report: p50/p95/p99 latency and requests/s per
+``benchmarks/run.py``) the batch pipeline on the same images. Report: p50/p95/p99 latency and requests/s per
 concurrency, Serve's p50 overhead at concurrency 1, and requests/s at 64 clients over the batch images/s.
 """
 
@@ -82,8 +82,9 @@ def served(
 
     from ray import serve
 
-    from jobs.batch_score import connect_ray
-    from pipeline.serving.app import ServeConfig, deploy
+    from jobs.console import connect_ray
+    from pipeline.serving.app import deploy
+    from pipeline.serving.config import ServeConfig
     from pipeline.serving.ingress import free_app_port, use_fast_ingress
 
     port = free_app_port()

@@ -1,14 +1,14 @@
 """How close does scoring get to what this machine can do? Images/s and peak memory of five ways to score.
 
-    python jobs/benchmark.py --model mobilenetv2-shaped --images 2000 --json bench/mobilenetv2.json
-    python jobs/benchmark.py --serving --model efficientnet-lite0 --images 400 --json bench/serving.json
+    python -m benchmarks --model mobilenetv2-shaped --images 2000 --json bench/mobilenetv2.json
+    python -m benchmarks --serving --model efficientnet-lite0 --images 400 --json bench/serving.json
 
-The scenarios (``jobs/benchmark_scenarios.py``) run one by one, each in a fresh subprocess so that its peak
-memory is its own (``jobs/benchmark_measure.py``), on the same images and model. ``images_per_s`` is over
+The scenarios (``benchmarks/scenarios.py``) run one by one, each in a fresh subprocess so that its peak
+memory is its own (``benchmarks/measure.py``), on the same images and model. ``images_per_s`` is over
 each scenario's timed section: after interpreter start, imports and ``ray.init``, but including model
 loading, actor start-up and writing predictions. ``end_to_end_images_per_s`` is over the subprocess's whole
 wall time. The machine limit is ``1 / (1/preprocess_only + 1/inference_only)``. ``--serving`` measures the
-Serve app instead (``jobs/benchmark_serving.py``), next to the batch pipeline on the same images.
+Serve app instead (``benchmarks/serving.py``), next to the batch pipeline on the same images.
 """
 
 from __future__ import annotations
@@ -23,12 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: make `pipeline` and `jobs` importable
-    sys.path.insert(0, str(REPO))
-
-from jobs import benchmark_scenarios  # noqa: E402
-from jobs.benchmark_measure import measure  # noqa: E402
+from benchmarks import scenarios
+from benchmarks.measure import REPO, measure
 
 BENCH = REPO / "bench"
 SHAPED_MODELS = ("resnet50-shaped", "mobilenetv2-shaped")
@@ -49,7 +45,8 @@ def run_scenario(name: str, cfg: dict[str, Any], timeout_s: float) -> dict[str, 
     measured = measure(
         [
             sys.executable,
-            str(Path(__file__).resolve()),
+            "-m",
+            "benchmarks",
             "--run-scenario",
             name,
             "--config",
@@ -159,26 +156,25 @@ def _table(report: dict[str, Any]) -> str:
 
 
 def _resolve_model(spec: str, models_dir: Path) -> tuple[str, str, Path]:
-    """``NAME[:VERSION]`` -> (name, version, repository); builds the *-shaped models into bench/models."""
-    name, _, version = spec.partition(":")
-    if not (models_dir / name).is_dir() and name in SHAPED_MODELS:
-        from pipeline.model_builders import zoo
+    """``NAME[:VERSION]`` -> (name, version, repository); the *-shaped models are built into bench/models.
 
+    "Latest" means what it means everywhere: ``ModelRepository.resolve_version``.
+    """
+    from builders import builder
+    from common.errors import StreamScoreError
+    from pipeline.model_ref import ModelRef
+    from pipeline.models import ModelRepository
+
+    ref = ModelRef.parse(spec)
+    if not (models_dir / ref.name).is_dir() and ref.name in SHAPED_MODELS:
         models_dir = BENCH / "models"
-        if not (models_dir / name / (version or "1") / "model.onnx").exists():
-            zoo.BUILDERS[name](models_dir, version or "1")
-    if not version:
-        found = (
-            [d.name for d in (models_dir / name).iterdir() if (d / "model.onnx").exists()]
-            if (models_dir / name).is_dir()
-            else []
-        )
-        if not found:
-            raise SystemExit(f"no versions of {name!r} in {models_dir}; pass --models-dir or one of {SHAPED_MODELS}")
-        version = max(found, key=lambda v: (v.isdigit(), int(v) if v.isdigit() else 0, v))
-    if not (models_dir / name / version / "model.onnx").exists():
-        raise SystemExit(f"{models_dir / name / version / 'model.onnx'} does not exist")
-    return name, version, models_dir
+        if not (models_dir / ref.name / (ref.version or "1") / "model.onnx").exists():
+            builder(ref.name)(models_dir, ref.version or "1")
+    try:
+        version = ModelRepository(str(models_dir)).resolve_version(ref.name, ref.version)
+    except StreamScoreError as exc:
+        raise SystemExit(f"{exc}; pass --models-dir or one of {SHAPED_MODELS}") from None
+    return ref.name, version, models_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.run_scenario:
         cfg = json.loads(args.config.read_text())
-        result = getattr(benchmark_scenarios, f"run_{args.run_scenario}")(cfg)
+        result = getattr(scenarios, f"run_{args.run_scenario}")(cfg)
         args.result.write_text(json.dumps(result))
         return
     if not args.model:
@@ -209,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := sorted(set(only) - set(SCENARIOS)):
         parser.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
-    from jobs.benchmark_data import make_benchmark_images, write_parquet_of_images
+    from benchmarks.data import make_benchmark_images, write_parquet_of_images
 
     name, version, models_dir = _resolve_model(args.model, args.models_dir)
     images_dir = BENCH / "images" / str(args.images)
@@ -232,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu_count": os.cpu_count() or 1,
     }
     if args.serving:
-        from jobs.benchmark_serving import serving_report, serving_table
+        from benchmarks.serving import serving_report, serving_table
 
         batch = run_scenario("streamscore", cfg, args.timeout_s)
         concurrencies = [int(c) for c in args.concurrency.split(",")]

@@ -8,9 +8,9 @@ activations overflow to inf or collapse to 0 would time differently (denormals) 
 BatchNorm is folded into each convolution's bias, as an exporter does for inference, so the graphs contain
 only Conv / Relu / Clip / Add / MaxPool / GlobalAveragePool / Flatten / Gemm. Depthwise convolutions are
 ``Conv`` with ``group == channels``. These models are big (ResNet-50 is ~100 MB) and are never committed:
-``jobs/benchmark.py`` builds them into a git-ignored cache folder when missing.
+``benchmarks/run.py`` builds them into a git-ignored cache folder when missing.
 
-Run ``python -m pipeline.model_builders.zoo OUT_DIR`` to build both, check them and time them.
+Run ``python -m builders.zoo OUT_DIR`` to build both, check them and time them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from builders._registry import builder, register_builder
 from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ IMAGE_SIZE = 224
 _RESIDUAL_GAIN = 0.5
 # Folded BatchNorm biases: small, so ReLUs neither die nor saturate, but non-zero so the Add isn't free.
 _BIAS_STD = 0.05
-SOURCE = "random weights, built by pipeline/model_builders/zoo.py for benchmarks"
+SOURCE = "random weights, built by builders/zoo.py for benchmarks"
 
 
 @dataclass
@@ -256,17 +257,16 @@ def _write(repository: Path, name: str, version: str, g: _GraphBuilder) -> Path:
     return folder
 
 
+@register_builder("resnet50-shaped")
 def build_resnet50(repository: Path, version: str = "1", seed: int = 50) -> Path:
     """Build ``resnet50-shaped`` into ``<repository>/resnet50-shaped/<version>/`` and return that folder."""
     return _write(Path(repository), "resnet50-shaped", version, _resnet50_graph(seed))
 
 
+@register_builder("mobilenetv2-shaped")
 def build_mobilenetv2(repository: Path, version: str = "1", seed: int = 2) -> Path:
     """Build ``mobilenetv2-shaped`` into ``<repository>/mobilenetv2-shaped/<version>/``; return the folder."""
     return _write(Path(repository), "mobilenetv2-shaped", version, _mobilenetv2_graph(seed))
-
-
-BUILDERS = {"resnet50-shaped": build_resnet50, "mobilenetv2-shaped": build_mobilenetv2}
 
 
 def check_and_time(folder: Path, batch_size: int = 8, runs: int = 5) -> dict[str, float]:
@@ -303,11 +303,12 @@ def _main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repository", type=Path, help="folder to build into, e.g. bench/models")
-    parser.add_argument("--only", choices=sorted(BUILDERS), action="append", help="build just these")
+    names = ["resnet50-shaped", "mobilenetv2-shaped"]
+    parser.add_argument("--only", choices=names, action="append", help="build just these")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in args.only or sorted(BUILDERS):
-        folder = BUILDERS[name](args.repository)
+    for name in args.only or names:
+        folder = builder(name)(args.repository, "1")
         logger.info("%s: %s", name, check_and_time(folder))
 
 

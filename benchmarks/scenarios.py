@@ -1,4 +1,4 @@
-"""The benchmark's scenarios, each run by ``jobs/benchmark.py`` in its own subprocess.
+"""The benchmark's scenarios, each run by ``benchmarks/run.py`` in its own subprocess.
 
 - ``plain_loop``: the glue a user writes by hand: one process, Pillow decode, resize, crop, normalize,
   ONNX Runtime on batches of 32 with one thread per CPU.
@@ -252,7 +252,7 @@ def run_streamscore(cfg: dict[str, Any]) -> dict[str, Any]:
     """The CLI's own path: detect the source, build the graph, plan from the cluster, ``run_batch``."""
     import ray
 
-    from jobs.batch_score import connect_ray
+    from jobs.console import connect_ray
     from pipeline.batch import run_batch
     from pipeline.graph import build_graph
     from pipeline.models import ModelRepository

@@ -8,7 +8,7 @@ The pipeline feeds the model ``p / 255`` for 8-bit pixels ``p`` (manifest mean 0
 values are 0..16, so training uses ``X / 16``, and :func:`write_heldout_images` writes pixels as
 ``round(v * 255 / 16)``: both sides see the same 0..1 scale.
 
-Run ``python -m pipeline.model_builders.digits --repository models --version 1`` to rebuild
+Run ``python -m builders.digits --repository models --version 1`` to rebuild
 ``models/digits/1/``. torch is an optional extra, so it is imported inside the functions that need it.
 """
 
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from builders._registry import register_builder
 from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 
 if TYPE_CHECKING:
@@ -172,12 +173,13 @@ def manifest(version: str) -> ModelManifest:
         output=OutputSpec(name="logits", kind="logits"),
         labels_file="labels.txt",
         source=(
-            "Built by pipeline/model_builders/digits.py: a small CNN trained with torch on scikit-learn's "
+            "Built by builders/digits.py: a small CNN trained with torch on scikit-learn's "
             "load_digits (8x8 handwritten digits), 75% train split (random_state=0, stratified)."
         ),
     )
 
 
+@register_builder("digits")
 def build(repository: Path, version: str = "1") -> Path:
     """Train, export and write ``<repository>/digits/<version>/`` (model.onnx, manifest.json, labels.txt).
 
@@ -224,7 +226,7 @@ def write_heldout_images(folder: Path, size: int = 32) -> list[tuple[Path, int]]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m pipeline.model_builders.digits [--repository models] [--version 1]``."""
+    """Command line: ``python -m builders.digits [--repository models] [--version 1]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
     parser.add_argument("--version", default="1", help="version folder name to write")
