@@ -83,9 +83,9 @@ def served(
     from ray import serve
 
     from jobs.console import connect_ray
+    from jobs.ingress import free_app_port, use_fast_ingress
     from pipeline.serving.app import deploy
     from pipeline.serving.config import ServeConfig
-    from pipeline.serving.ingress import free_app_port, use_fast_ingress
 
     port = free_app_port()
     use_fast_ingress()

@@ -8,18 +8,16 @@ The pipeline feeds the model ``p / 255`` for 8-bit pixels ``p`` (manifest mean 0
 values are 0..16, so training uses ``X / 16``, and :func:`write_heldout_images` writes pixels as
 ``round(v * 255 / 16)``: both sides see the same 0..1 scale.
 
-Run ``python -m builders.digits --repository models --version 1`` to rebuild
+Run ``python -m builders digits --models-dir models --version 1`` to rebuild
 ``models/digits/1/``. torch is an optional extra, so it is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
 import time
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -223,17 +221,3 @@ def write_heldout_images(folder: Path, size: int = 32) -> list[tuple[Path, int]]
         grey.resize((size, size), Image.Resampling.NEAREST).save(path)
         written.append((path, int(label)))
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m builders.digits [--repository models] [--version 1]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
-    parser.add_argument("--version", default="1", help="version folder name to write")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    build(args.repository, args.version)
-
-
-if __name__ == "__main__":
-    main()

@@ -17,12 +17,11 @@ What makes Lite0 differ from EfficientNet-B0, and why each detail matters for th
   port does when it is given an image size) and end up as the asymmetric ``pads`` of each ONNX ``Conv``;
 - BatchNorm epsilon 1e-3 (TF's default), not PyTorch's 1e-5.
 
-Run ``python -m builders.efficientnet_lite0 --repository models`` to (re)build the version.
+Run ``python -m builders efficientnet-lite0 --models-dir models`` to (re)build the version.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -361,17 +360,3 @@ def build(repository: Path, version: str = "1") -> Path:
         time.perf_counter() - started,
     )
     return out
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: ``python -m builders.efficientnet_lite0 [--repository DIR]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--repository", type=Path, default=Path("models"), help="model repository root")
-    parser.add_argument("--version", default="1", help="version directory to write")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build(args.repository, args.version)
-
-
-if __name__ == "__main__":
-    main()

@@ -87,9 +87,9 @@ def check_port_free(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from ray import serve
 
+    from jobs.ingress import check_port, use_fast_ingress
     from pipeline.models import ModelRepository
     from pipeline.serving.app import deploy
-    from pipeline.serving.ingress import check_port, use_fast_ingress
 
     config = load_config(args)
     names = ModelRepository(config.models_dir).names()  # fail before Ray starts if the repository is wrong

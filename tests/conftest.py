@@ -22,7 +22,7 @@ def ray_cluster() -> Iterator[dict[str, float]]:
     import ray
     import ray.data
 
-    from pipeline.serving.ingress import use_fast_ingress
+    from jobs.ingress import use_fast_ingress
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     use_fast_ingress()  # the serving tests run the app as `streamscore serve` does
@@ -96,9 +96,9 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
     whole app must hold whichever replica gives it) and the routing of ``tests.serving.ROUTING``."""
     from ray import serve
 
+    from jobs.ingress import free_app_port
     from pipeline.serving.app import deploy
     from pipeline.serving.config import ServeConfig
-    from pipeline.serving.ingress import free_app_port
     from tests.serving import ADMIN_TOKEN, ROUTING
 
     port = free_app_port()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -21,6 +22,7 @@ from tests.processes import (
     MODEL,
     clean_env,
     console_script,
+    descendants,
     ray_sessions,
     read_output,
     short_tmp_dir,
@@ -203,3 +205,41 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path) -> None:
     assert run.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1] == "streamscore: interrupted; output written so far is incomplete"
+
+
+def test_a_worker_killed_mid_run_ends_the_run_with_a_message_not_a_retry_loop(tmp_path: Path) -> None:
+    """SIGKILL of a scoring actor's process (as the OOM killer would): exit 2 and one closing line saying the
+    output is incomplete, instead of Ray Data restarting the actor without end."""
+    ray_tmpdir = short_tmp_dir("ss-kill-")
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    for i in range(600):
+        shutil.copy(DEMO_IMAGES / "coffee.jpg", images / f"{i}.jpg")
+    command = [sys.executable, "-m", "jobs.cli", "score", str(images), str(out), "--model", MODEL]
+    run = subprocess.Popen(command, cwd=REPO, env=clean_env(RAY_TMPDIR=str(ray_tmpdir)), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    def scoring_actors() -> list[int]:
+        return [pid for pid in descendants(run.pid) if "MapWorker" in _cmdline(pid)]
+
+    try:
+        # Once the first predictions are written, an actor is mid-run.
+        wait_for(lambda: (out / "part-00000.parquet").exists() or run.poll() is not None, 120, 0.05)
+        victims = scoring_actors()
+        assert run.poll() is None and victims, "the run ended before an actor could be killed"
+        os.kill(victims[0], signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    assert run.returncode == 2, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("streamscore: error: a scoring actor died after ") and "is incomplete" in last, last
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""

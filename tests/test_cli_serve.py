@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 def test_streamscore_serve_answers_http_until_interrupted(tmp_path: Path) -> None:
     """`streamscore serve` starts its own Ray and Serve app, answers /predict, and stops cleanly on Ctrl-C."""
-    from pipeline.serving.ingress import free_app_port
+    from jobs.ingress import free_app_port
 
     ray_tmpdir = short_tmp_dir("ss-serve-")
     port = free_app_port()
@@ -81,7 +81,7 @@ def test_serve_on_a_port_another_process_holds_says_so_in_one_line(tmp_path: Pat
     """Before Ray starts: one line naming the port, exit 2 (it was a 45-line traceback and exit 1)."""
     import socket
 
-    from pipeline.serving.ingress import free_app_port
+    from jobs.ingress import free_app_port
 
     ray_tmpdir = short_tmp_dir("ss-port-")
     with socket.socket() as holder:

@@ -31,7 +31,7 @@ def test_cluster_nodes_start_ray_with_the_fast_ingress_switches() -> None:
     """Ray reads them at `ray start`: cluster.yaml must set every one on the head and on the workers."""
     import yaml
 
-    from pipeline.serving.ingress import FAST_INGRESS
+    from jobs.ingress import FAST_INGRESS
     from tests.conftest import REPO
 
     cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
@@ -61,7 +61,7 @@ def test_layout_is_settled_from_the_cluster_and_what_the_user_set_wins() -> None
 
 def test_app_ports_that_serve_takes_for_itself_are_refused() -> None:
     from common.errors import ConfigError
-    from pipeline.serving.ingress import check_port, free_app_port
+    from jobs.ingress import check_port, free_app_port
 
     check_port(8000)
     with pytest.raises(ConfigError, match="fallback HTTP proxy"):
