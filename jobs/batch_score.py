@@ -132,9 +132,8 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     # Everything that can be checked without data is checked before Ray starts.
     options = scoring_options(args)
     overrides = _overrides(args)
-    source = detect_source(
-        args.input, args.input_format or "auto", args.id_column or "id", args.bytes_column or "image"
-    )
+    given = {"kind": args.input_format, "id_column": args.id_column, "bytes_column": args.bytes_column}
+    source = detect_source(args.input, **{name: value for name, value in given.items() if value is not None})
     repository = ModelRepository(console.models_dir(args))
     graph = build_graph(args.model, repository, options, read_files=isinstance(source, FileListing))
     check_output(args.output, args.overwrite)

@@ -67,7 +67,7 @@ def make_session(params: InferParams) -> Any:
     start = time.perf_counter()
     try:
         session = ort.InferenceSession(read_model_bytes(params.model_uri), options, providers=providers)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many types for a bad file; all mean "cannot load"
         raise ModelLoadError(f"could not load {params.model_uri}: {exc}") from exc
     if params.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise ModelLoadError(

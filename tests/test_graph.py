@@ -100,6 +100,22 @@ def test_bad_options_fail_before_any_data(repository) -> None:  # type: ignore[n
         build_graph("nope", repository)
 
 
+def test_a_failed_onnx_runtime_call_becomes_rows_or_an_exception_as_asked(repository) -> None:  # type: ignore[no-untyped-def]
+    """One policy, chosen by a parameter: error rows for a batch job (every row comes out), an InferenceError
+    for a caller answering one request (the Serve scorer)."""
+    import operators
+    from common.errors import InferenceError
+
+    graph = build_graph("digits", repository)
+    (infer_spec,) = [s for s in graph.inference if s.name == "infer"]
+    wrong_shape = {"input": np.zeros((3, 1, 5, 5), np.float32), "error": np.full(3, None, object)}
+    rows = operators.create(infer_spec)(wrong_shape)
+    assert [e.split(":")[0] for e in rows["error"]] == ["inference_failed"] * 3 and np.isnan(rows["output"]).all()
+    raising = operators.create(OperatorSpec(name="infer", params={**infer_spec.params, "on_error": "raise"}))
+    with pytest.raises(InferenceError, match="digits/1/model.onnx: InvalidArgument"):
+        raising(wrong_shape)
+
+
 def test_io_binding_and_chunked_calls_equal_one_plain_run(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
     """The IOBinding code that CUDA uses (run here on the CPU device) and ORT calls on a few rows at a time
     give what one session.run on the whole batch gives; failed rows stay NaN."""
