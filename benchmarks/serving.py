@@ -90,7 +90,7 @@ def served(
     port = free_app_port()
     use_fast_ingress()
     connect_ray(None, num_cpus=os.cpu_count())
-    deploy(ServeConfig(models_dir=models_dir), port=port)
+    deploy(ServeConfig(models_dir=models_dir), "127.0.0.1", port)
     url = f"http://127.0.0.1:{port}/predict/{model}?version={version}"
     for data in images[:8]:  # warm-up: every replica loads the model
         urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120).read()

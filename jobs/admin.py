@@ -18,18 +18,29 @@ import urllib.error
 import urllib.request
 
 from common.errors import ConfigError
+from jobs.serve import DEFAULT_PORT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the app (default: http://127.0.0.1:8000)")
+    url = f"http://127.0.0.1:{DEFAULT_PORT}"
+    parser.add_argument("--url", default=url, help=f"the app (default: {url})")
     parser.add_argument("--token", help="admin token (default: STREAMSCORE_ADMIN_TOKEN)")
     actions = parser.add_subparsers(dest="admin_command", required=True)
-    load = actions.add_parser("load", help="load and check a version; it can take traffic once it passes")
-    retire = actions.add_parser("retire", help="retire a version that no routing sends traffic to")
+    load = actions.add_parser(
+        "load", help="load and check a version; it can take traffic once it passes",
+        epilog="example: streamscore admin load efficientnet-lite0 2",
+    )  # fmt: skip
+    retire = actions.add_parser(
+        "retire", help="retire a version that no routing sends traffic to",
+        epilog="example: streamscore admin retire efficientnet-lite0 1",
+    )  # fmt: skip
     for sub in (load, retire):
         sub.add_argument("name")
         sub.add_argument("version")
-    routing = actions.add_parser("routing", help="show a model's routing, or replace it with --set")
+    routing = actions.add_parser(
+        "routing", help="show a model's routing, or replace it with --set",
+        epilog="""example: streamscore admin routing efficientnet-lite0 --set '{"weights": {"1": 95, "2": 5}}'""",
+    )  # fmt: skip
     routing.add_argument("name")
     routing.add_argument("--set", metavar="JSON", help='e.g. \'{"weights": {"1": 95, "2": 5}}\'')
 
@@ -40,11 +51,20 @@ def call(url: str, token: str, method: str, path: str, body: bytes | None = None
     )
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.loads(response.read())
+            return response.status, _json(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
+        return error.code, _json(error.read())
     except urllib.error.URLError as error:
         raise ConfigError(f"cannot reach {url}: {error.reason}") from None
+
+
+def _json(body: bytes) -> dict:
+    """The app answers JSON; a proxy in front of it may not (an HTML 502): then the text, as the error."""
+    try:
+        answer = json.loads(body or b"{}")
+    except ValueError:
+        return {"error": body.decode(errors="replace")[:500]}
+    return answer if isinstance(answer, dict) else {"answer": answer}
 
 
 def run(args: argparse.Namespace) -> int:

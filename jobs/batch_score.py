@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 if __package__ in (None, ""):  # run as a script (ray job submit): make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common.errors import ErrorBudgetExceeded  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from common.errors import ConfigError, ErrorBudgetExceeded  # noqa: E402
 from jobs import console  # noqa: E402
 from jobs.options import add_scoring_options, described, scoring_options  # noqa: E402
 from pipeline.planner import ResourceOverrides  # noqa: E402
@@ -73,7 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _overrides(args: argparse.Namespace) -> ResourceOverrides:
     given = {name: getattr(args, name, None) for name in ResourceOverrides.model_fields}
-    return ResourceOverrides(**{name: value for name, value in given.items() if value is not None})
+    try:
+        return ResourceOverrides(**{name: value for name, value in given.items() if value is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"bad resource settings: {exc}") from None
 
 
 class _Progress:
@@ -123,6 +128,7 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
 
     from pipeline.batch import run_batch
     from pipeline.graph import build_graph
+    from pipeline.model_ref import ModelRef
     from pipeline.models import ModelRepository
     from pipeline.planner import plan_resources
     from pipeline.sources import FileListing, detect_source
@@ -135,7 +141,7 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     given = {"kind": args.input_format, "id_column": args.id_column, "bytes_column": args.bytes_column}
     source = detect_source(args.input, **{name: value for name, value in given.items() if value is not None})
     repository = ModelRepository(console.models_dir(args))
-    graph = build_graph(args.model, repository, options, read_files=isinstance(source, FileListing))
+    graph = build_graph(ModelRef.parse(args.model), repository, options, read_files=isinstance(source, FileListing))
     check_output(args.output, args.overwrite)
 
     console.connect_ray(args.address)
@@ -167,7 +173,10 @@ def _report(summary: RunSummary, args: argparse.Namespace) -> None:
     if args.show:
         _show(args.output, args.show)
     if args.summary_json:
-        Path(args.summary_json).write_text(json.dumps(summary.as_json(), indent=2) + "\n", encoding="utf-8")
+        try:
+            Path(args.summary_json).write_text(json.dumps(summary.as_json(), indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the summary to {args.summary_json}: {exc.strerror}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_arguments(administer)
     administer.set_defaults(handler=admin.run)
 
-    models = commands.add_parser("models", help="the model repository", formatter_class=_FORMAT)
+    models = commands.add_parser(
+        "models", help="the model repository", epilog="example: streamscore models list", formatter_class=_FORMAT
+    )
     listing = models.add_subparsers(dest="models_command", required=True).add_parser(
         "list", help="list models and versions", epilog="example: streamscore models list --models-dir models",
         formatter_class=_FORMAT,

@@ -1,8 +1,8 @@
 """What every command shares: logging, the models folder, connecting to Ray, and how a command ends.
 
-A command ends in one of four ways, each with one line on stderr at most: 0 (done), 2 (a StreamScoreError:
-bad arguments, model or input, found before any data is read where possible), 3 (the error budget was
-exceeded; the command says so itself), 130 (Ctrl-C).
+``run_command`` turns a StreamScoreError (bad arguments, model, input or settings, found before any data is
+read where possible; a worker that died) into one line and exit 2, and Ctrl-C into one line and exit 130.
+Commands return their own status otherwise (0 done; ``score`` 3 when the error budget was exceeded).
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ are the only ones. The help text shows those defaults, read from the model.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
 from common.errors import ConfigError
+from operators.base import Backend
 from pipeline.options import ScoringOptions
 
 
@@ -38,8 +39,9 @@ def add_scoring_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("scoring options (the same for batch and online scoring)")
     o = ScoringOptions
 
-    group.add_argument("--decode-backend", choices=["pillow", "opencv"], help=described(o, "decode_backend"))
-    group.add_argument("--resize-backend", choices=["pillow", "opencv"], help=described(o, "resize_backend"))
+    backends = get_args(Backend)
+    group.add_argument("--decode-backend", choices=backends, help=described(o, "decode_backend"))
+    group.add_argument("--resize-backend", choices=backends, help=described(o, "resize_backend"))
     group.add_argument("--max-pixels", type=int, help=described(o, "max_pixels"))
     group.add_argument("--max-file-bytes", type=int, help=described(o, "max_file_bytes"))
     group.add_argument("--formats", type=_csv(str), metavar="A,B", help=described(o, "formats"))

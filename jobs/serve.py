@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import os
 import signal
@@ -44,30 +43,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scoring_options(parser)
 
 
-def load_config(args: argparse.Namespace) -> Any:
-    from pipeline.serving.app import ADMIN_TOKEN_ENV
+ADMIN_TOKEN_ENV = "STREAMSCORE_ADMIN_TOKEN"
+
+
+def _read_settings(path: str) -> dict[str, Any]:
+    import yaml  # a dependency of ray
+
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read serving settings from {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings")
+    return values
+
+
+def serve_config(values: dict[str, Any]) -> Any:
+    """``ServeConfig`` from ``values`` plus what the environment says: the admin token
+    (``STREAMSCORE_ADMIN_TOKEN`` wins over ``admin_token``) and, when ``models_dir`` is not given, the models
+    folder found as every command finds it. A local models folder is made absolute: replicas run elsewhere."""
+    from pipeline.models import MODELS_DIR_ENV, find_models_dir
     from pipeline.serving.config import ServeConfig
 
-    values: dict[str, Any] = {}
-    if args.config:
-        text = Path(args.config).read_text(encoding="utf-8")
-        try:
-            import yaml
-
-            values = yaml.safe_load(text) or {}
-        except ImportError:
-            values = json.loads(text)
-        if not isinstance(values, dict):
-            raise ConfigError(f"{args.config} must hold a mapping of settings")
-    if args.models_dir or "models_dir" not in values:
-        values["models_dir"] = console.models_dir(args)
-    values["options"] = scoring_options(args, values.get("options"))
+    values = dict(values)
+    models_dir = values.get("models_dir") or find_models_dir(None, os.environ.get(MODELS_DIR_ENV), Path.cwd())
+    values["models_dir"] = models_dir if "://" in models_dir else os.path.abspath(models_dir)
     if os.environ.get(ADMIN_TOKEN_ENV):
         values["admin_token"] = os.environ[ADMIN_TOKEN_ENV]
     try:
         return ServeConfig(**values)
     except ValidationError as exc:
         raise ConfigError(f"bad serving settings: {exc}") from None
+
+
+def load_config(args: argparse.Namespace) -> Any:
+    values = _read_settings(args.config) if args.config else {}
+    if args.models_dir:
+        values["models_dir"] = args.models_dir
+    values["options"] = scoring_options(args, values.get("options"))
+    return serve_config(values)
+
+
+def app_builder(args: dict[str, Any]) -> Any:
+    """For ``serve run jobs/serve_config.yaml`` (or ``serve run jobs.serve:app_builder models_dir=models``):
+    the Serve config's ``args`` are ``ServeConfig`` fields."""
+    from pipeline.serving.app import build_app
+
+    return build_app(serve_config(args))
 
 
 def check_port_free(host: str, port: int) -> None:

@@ -12,7 +12,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from operators.reasons import Reason
 
 Batch = dict[str, np.ndarray]
+# The two image libraries behind decode and resize: Pillow (every format, antialiased resize) and OpenCV (faster).
+Backend = Literal["pillow", "opencv"]
 ERROR = "error"
 logger = logging.getLogger(__name__)
 

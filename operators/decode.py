@@ -16,7 +16,18 @@ from pydantic import Field
 
 from operators import _imaging
 from operators._registry import register
-from operators.base import ERROR_COLUMN, Batch, Column, Operator, Params, RowError, errors_of, map_rows, with_columns
+from operators.base import (
+    ERROR_COLUMN,
+    Backend,
+    Batch,
+    Column,
+    Operator,
+    Params,
+    RowError,
+    errors_of,
+    map_rows,
+    with_columns,
+)
 from operators.reasons import Reason
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -25,7 +36,7 @@ _JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"
 
 
 class DecodeParams(Params):
-    backend: Literal["pillow", "opencv"] = "pillow"
+    backend: Backend = "pillow"
     color: Literal["RGB", "L"] = "RGB"
     formats: tuple[str, ...] = DEFAULT_FORMATS
     # 50 MP covers 8K frames; a decompression bomb (tiny file, huge canvas) is refused before decoding.
@@ -33,6 +44,9 @@ class DecodeParams(Params):
     # The shorter side the next resize will produce; enables JPEG DCT-domain downscaling when far smaller.
     target_shorter: int | None = Field(default=None, gt=0)
     background: tuple[int, int, int] = (255, 255, 255)
+    # Encoded images over this many bytes are refused (file_too_large), whatever brought them: a file, a
+    # Parquet cell or an HTTP body. None: no limit here (read_bytes already bounds what it reads).
+    max_bytes: int | None = Field(default=None, gt=0)
 
 
 @register("decode")
@@ -53,6 +67,8 @@ class Decode(Operator):
     def _open(self, data: bytes | None):  # type: ignore[no-untyped-def]
         if data is None:
             raise RowError(Reason.EMPTY, "no image bytes (null)")
+        if self.params.max_bytes is not None and len(data) > self.params.max_bytes:
+            raise RowError(Reason.FILE_TOO_LARGE, f"{len(data)} bytes, over the {self.params.max_bytes}-byte limit")
         return _imaging.open_image(bytes(data), self.params.formats, self.params.max_pixels)
 
     def _decode_pillow(self, data: bytes | None) -> np.ndarray:

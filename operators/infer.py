@@ -41,6 +41,9 @@ class InferParams(Params):
     # a batch job keeps (every input comes out); "raise": an InferenceError, for callers that answer one
     # request and must not answer it with rows that hold no prediction (the Serve scorer).
     on_error: Literal["rows", "raise"] = "rows"
+    # Width of the output vector, for batches where no row reaches the model (the graph knows it from the
+    # labels; a symbolic class axis in the ONNX graph would leave it unknown).
+    output_width: int | None = Field(default=None, ge=1)
 
 
 def read_model_bytes(uri: str) -> bytes:
@@ -150,6 +153,8 @@ class Infer(Operator):
         return binding.copy_outputs_to_cpu()[0]
 
     def _num_outputs(self) -> int:
+        if self.params.output_width is not None:
+            return self.params.output_width
         for output in self._session.get_outputs():
             if output.name == self.params.output_name and isinstance(output.shape[-1], int):
                 return int(output.shape[-1])

@@ -6,10 +6,10 @@ dashboards and the README's table (checked against this list by a test) all spea
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Error reasons, in the order a row meets them (read, decode, resize, crop, infer)."""
 
     READ_FAILED = "read_failed"
@@ -23,12 +23,6 @@ class Reason(str, Enum):
     RESIZE_FAILED = "resize_failed"
     CROP_FAILED = "crop_failed"
     INFERENCE_FAILED = "inference_failed"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return format(self.value, spec)
 
     def row_error(self, detail: str) -> str:
         """The ``error`` value of a row that failed for this reason (bounded: details can be long)."""

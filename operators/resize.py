@@ -15,7 +15,18 @@ from PIL import Image
 from pydantic import Field
 
 from operators._registry import register
-from operators.base import ERROR, ERROR_COLUMN, Batch, Column, Operator, Params, errors_of, map_rows, with_columns
+from operators.base import (
+    ERROR,
+    ERROR_COLUMN,
+    Backend,
+    Batch,
+    Column,
+    Operator,
+    Params,
+    errors_of,
+    map_rows,
+    with_columns,
+)
 from operators.reasons import Reason
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
@@ -39,7 +50,7 @@ _CV_FILTERS = {
 class ResizeParams(Params):
     shorter: int = Field(gt=0)
     interpolation: Interpolation = "bilinear"
-    backend: Literal["pillow", "opencv"] = "pillow"
+    backend: Backend = "pillow"
 
 
 def shorter_side_size(height: int, width: int, shorter: int) -> tuple[int, int]:

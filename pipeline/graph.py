@@ -128,6 +128,7 @@ def graph_for_model(model: ModelVersion, options: ScoringOptions, *, read_files:
         "max_pixels": options.max_pixels,
         "background": options.background,
         "target_shorter": m.preprocess.resize_shorter if options.dct_downscale else None,
+        "max_bytes": options.max_file_bytes,
     }
     preprocess = [
         OperatorSpec(name="decode", params=decode),
@@ -152,7 +153,12 @@ def graph_for_model(model: ModelVersion, options: ScoringOptions, *, read_files:
         ),
         OperatorSpec(
             name="infer",
-            params={"model_uri": model.model_uri, "input_name": m.input.name, "output_name": m.output.name},
+            params={
+                "model_uri": model.model_uri,
+                "input_name": m.input.name,
+                "output_name": m.output.name,
+                "output_width": len(model.labels),
+            },
         ),
         OperatorSpec(
             name="postprocess",

@@ -8,11 +8,11 @@ command-line flags default to "not given" and only what the user set is passed o
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from operators.base import Params
+from operators.base import Backend, Params
 from operators.decode import DecodeParams
 from operators.postprocess import PostprocessParams
 from operators.read_bytes import ReadBytesParams
@@ -28,7 +28,7 @@ class ScoringOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    decode_backend: Literal["pillow", "opencv"] = Field(
+    decode_backend: Backend = Field(
         default=_default(DecodeParams, "backend"), description="decoder: pillow (every format) or opencv (faster)"
     )
     formats: tuple[str, ...] = Field(
@@ -41,7 +41,7 @@ class ScoringOptions(BaseModel):
         default=_default(DecodeParams, "background"), description="RGB that transparent pixels are composited on"
     )
     dct_downscale: bool = Field(default=True, description="let JPEG decoders downscale in the DCT domain")
-    resize_backend: Literal["pillow", "opencv"] = Field(
+    resize_backend: Backend = Field(
         default=_default(ResizeParams, "backend"), description="resizer: pillow (antialiased) or opencv (faster)"
     )
     top_k: int = Field(default=_default(PostprocessParams, "top_k"), ge=1, description="labels kept per image")
@@ -51,3 +51,24 @@ class ScoringOptions(BaseModel):
     max_file_bytes: int = Field(
         default=_default(ReadBytesParams, "max_file_bytes"), gt=0, description="refuse image files over this size"
     )
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, formats: tuple[str, ...]) -> tuple[str, ...]:
+        """Pillow's format names, upper case; a name Pillow does not know would fail every image."""
+        from PIL import Image
+
+        Image.init()
+        wanted = tuple(f.strip().upper() for f in formats if f.strip())
+        if not wanted:
+            raise ValueError("give at least one image format")
+        if unknown := [f for f in wanted if f not in Image.OPEN]:
+            raise ValueError(f"unknown image formats {unknown}; Pillow knows {', '.join(sorted(Image.OPEN))}")
+        return wanted
+
+    @field_validator("background")
+    @classmethod
+    def _rgb(cls, background: tuple[int, int, int]) -> tuple[int, int, int]:
+        if not all(0 <= v <= 255 for v in background):
+            raise ValueError(f"background must be three values from 0 to 255, got {background}")
+        return background

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from common.errors import InputError
 from common.filesystems import resolve
 from operators.base import ERROR
+from operators.reasons import Reason
 
 
 def check_output(output_uri: str, overwrite: bool) -> None:
@@ -62,7 +63,7 @@ class PredictionWriter:
         if len(errors):
             reasons = pc.utf8_slice_codeunits(errors, 0, 64)  # reason = text before the first ':'
             for item in pc.value_counts(pc.list_element(pc.split_pattern(reasons, ":"), 0)).tolist():
-                self.errors_by_reason[item["values"]] += item["counts"]
+                self.errors_by_reason[Reason(item["values"]).value] += item["counts"]  # one of the enumeration
 
     def _roll(self, schema: pa.Schema) -> None:
         self.close()

@@ -112,6 +112,6 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
         admin_token=ADMIN_TOKEN,
         preprocess_autoscaling={"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
     )
-    deploy(config, port=port)
+    deploy(config, "127.0.0.1", port)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # frees the replicas' CPUs for whatever runs next

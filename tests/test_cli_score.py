@@ -243,3 +243,15 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_bad_settings_exit_2_in_one_line_before_ray_starts(streamscore, tmp_path: Path) -> None:
+    for flags, message in (
+        (["--batch-size", "0"], "streamscore: error: bad resource settings:"),
+        (["--formats", "JPG"], "streamscore: error: bad scoring options:"),
+        (["--model", "../etc"], "streamscore: error: invalid model name '../etc'"),
+    ):
+        model = [] if "--model" in flags else ["--model", MODEL]
+        run = streamscore("score", str(DEMO_IMAGES), str(tmp_path / "out"), *model, *flags)
+        assert run.returncode == 2 and run.stderr.startswith(message), run.stderr
+        assert "Traceback" not in run.stderr and run.ray_sessions == []

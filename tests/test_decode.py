@@ -40,6 +40,14 @@ def test_unusual_modes_and_containers_decode(backend: str, color: str, photos: d
         assert image.dtype == np.uint8 and image.shape == (64, 96, 3 if color == "RGB" else 1), name
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_encoded_images_over_the_byte_limit_are_refused(backend: str, photos: dict[str, np.ndarray]) -> None:
+    """The limit holds for bytes from any source (a Parquet cell, an HTTP body), not only for files read."""
+    data, small = encode(photos["coffee"], quality=90), encode(photos["coffee"][:64, :64].copy(), quality=90)
+    out = decode([data, small], backend=backend, max_bytes=len(data) - 1)
+    assert out[ERROR][0].startswith(f"file_too_large: {len(data)} bytes") and out[ERROR][1] is None
+
+
 def test_alpha_is_composited_on_the_background(photos: dict[str, np.ndarray]) -> None:
     image = decode([odd_but_valid(photos["coffee"])["rgba.png"]], background=(255, 255, 255))["image"][0]
     assert (image[:, :40] == 255).all(), "fully transparent pixels must become the background, not black"

@@ -96,6 +96,13 @@ def test_bad_options_fail_before_any_data(repository) -> None:  # type: ignore[n
         ScoringOptions.model_validate({"top_k": 0})
     with pytest.raises(ValidationError, match="extra"):
         ScoringOptions.model_validate({"topk": 3})
+    with pytest.raises(ValidationError, match=r"unknown image formats \['JPG'\]"):
+        ScoringOptions(formats=("JPG",))
+    with pytest.raises(ValidationError, match="at least one image format"):
+        ScoringOptions(formats=())
+    with pytest.raises(ValidationError, match="0 to 255"):
+        ScoringOptions(background=(0, 0, 256))
+    assert ScoringOptions(formats=("jpeg", " png")).formats == ("JPEG", "PNG")
     with pytest.raises(ConfigError, match="no model 'nope'"):
         build_graph("nope", repository)
 

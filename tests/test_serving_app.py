@@ -47,6 +47,9 @@ def test_health_and_metadata(server: str) -> None:
     assert status == 200 and meta["name"] == MODEL and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     assert request_json(f"{server}/v2/models/{MODEL}/versions/1/ready")[2]["ready"] is True
+    # A model is ready when every version its routing sends traffic to is (digits: 1 and 2, not the newest 4).
+    status, _, body = request_json(f"{server}/v2/models/digits/ready")
+    assert (status, body["ready"], body["versions"]) == (200, True, ["1", "2"]), body
     # A version no routing sends traffic to is not loaded until used: not ready, as in Triton.
     status, _, body = request_json(f"{server}/v2/models/digits/versions/3/ready")
     assert (status, body["ready"], body["state"]) == (400, False, "ready"), body
@@ -226,7 +229,9 @@ def test_non_default_options_answer_as_the_batch_graph(server: str, repository, 
     from pipeline.serving.app import build_app
     from pipeline.serving.config import ServeConfig
 
-    options = ScoringOptions(decode_backend="opencv", resize_backend="opencv", max_pixels=200_000, top_k=3)
+    options = ScoringOptions(
+        decode_backend="opencv", resize_backend="opencv", max_pixels=200_000, top_k=3, raw_outputs=True
+    )
     config = ServeConfig(models_dir=repository.root, options=options, topology="fused", replicas=1,
                          preprocess_cpus=0.1, scorer_cpus=0.1)  # fmt: skip
     small, large = photo_jpegs["chelsea"], photo_jpegs["coffee"]  # 451 x 300 is under the limit, 600 x 400 over
@@ -240,6 +245,7 @@ def test_non_default_options_answer_as_the_batch_graph(server: str, repository, 
         assert status == 200, body
         (answer,) = body["predictions"]
         assert answer["label"] == batch["small"]["label"] and len(answer["top_k"]) == 3
+        np.testing.assert_allclose(answer["raw_output"], batch["small"]["raw_output"], atol=1e-5)
         np.testing.assert_allclose(
             [t["score"] for t in answer["top_k"]], [t["score"] for t in batch["small"]["top_k"]], atol=1e-5
         )

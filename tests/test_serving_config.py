@@ -69,3 +69,16 @@ def test_app_ports_that_serve_takes_for_itself_are_refused() -> None:
     with pytest.raises(ConfigError, match="ports 30000-31000"):
         check_port(30500)
     check_port(free_app_port())
+
+
+def test_the_app_is_refused_on_the_driver_when_its_routing_cannot_work(ray_cluster, served_repository) -> None:  # type: ignore[no-untyped-def]
+    """Before any replica starts: routed versions that a replica cannot hold all at once, or that do not exist."""
+    from common.errors import ConfigError
+    from pipeline.serving.app import build_app
+    from pipeline.serving.config import ServeConfig
+    from tests.serving import ROUTING
+
+    with pytest.raises(ConfigError, match="sends traffic to 3 versions .* max_cached_versions=2"):
+        build_app(ServeConfig(models_dir=str(served_repository), routing=ROUTING, max_cached_versions=2))
+    with pytest.raises(ConfigError, match=r"routing for 'digits' names versions \['9'\]"):
+        build_app(ServeConfig(models_dir=str(served_repository), routing={"digits": {"weights": {"9": 1}}}))

@@ -10,21 +10,19 @@ plane (routing, version states) and the metrics hub. Graphs are built from the s
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ray import serve
 
+from common.errors import ConfigError
 from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository, find_models_dir
+from pipeline.models import ModelRepository
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import ControlPlane
 from pipeline.serving.gateway import Gateway
 from pipeline.serving.metrics import MetricsHub
 from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.scorer import Scorer
-
-ADMIN_TOKEN_ENV = "STREAMSCORE_ADMIN_TOKEN"
 
 
 def build_app(config: ServeConfig) -> Any:
@@ -45,6 +43,12 @@ def build_app(config: ServeConfig) -> Any:
     }
     routing = routing_with_latest_pinned(config)
     warm = [ModelRef(name=name, version=v) for name, policy in routing.items() for v in sorted(policy.versions())]
+    if len(warm) > config.max_cached_versions:
+        # Each replica must hold every routed version to be ready; fewer slots would evict one for another.
+        raise ConfigError(
+            f"the routing sends traffic to {len(warm)} versions ({', '.join(map(str, warm))}) but a replica holds "
+            f"at most max_cached_versions={config.max_cached_versions}; raise it"
+        )
     control = ControlPlane.bind(routing)  # type: ignore[attr-defined]
     hub = MetricsHub.bind()  # type: ignore[attr-defined]
     gateway = Gateway.options(**limits, **scaling(config.preprocess_autoscaling, config.replicas))  # type: ignore[attr-defined]
@@ -68,6 +72,10 @@ def routing_with_latest_pinned(config: ServeConfig) -> dict[str, RoutingPolicy]:
     and the routing names it (an explicit version in the request still reaches it).
     """
     repository = ModelRepository(config.models_dir)
+    for name, policy in config.routing.items():  # checked here, on the driver, not in a replica at deploy
+        missing = sorted(policy.versions() - set(repository.versions(name)))
+        if missing:
+            raise ConfigError(f"routing for {name!r} names versions {missing} that are not in {config.models_dir}")
     pinned = {
         name: RoutingPolicy(weights={repository.resolve_version(name, None): 100})
         for name in repository.names()
@@ -76,22 +84,8 @@ def routing_with_latest_pinned(config: ServeConfig) -> dict[str, RoutingPolicy]:
     return pinned | dict(config.routing)
 
 
-def deploy(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+def deploy(config: ServeConfig, host: str, port: int) -> None:
     """Start Serve's HTTP ingress (HAProxy where ``use_fast_ingress`` set it up) on ``host:port`` and deploy
     the app at ``/`` (Ray must be connected)."""
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_app(config), name="streamscore", route_prefix="/")
-
-
-def app_builder(args: dict[str, Any]) -> Any:
-    """For ``serve run pipeline.serving.app:app_builder models_dir=models`` and Serve config files: an entry
-    point, so it reads the environment (the admin token, the models folder) where the args leave them out."""
-    from pathlib import Path
-
-    from pipeline.models import MODELS_DIR_ENV
-
-    values = dict(args)
-    values.setdefault("models_dir", find_models_dir(None, os.environ.get(MODELS_DIR_ENV), Path.cwd()))
-    if os.environ.get(ADMIN_TOKEN_ENV):
-        values["admin_token"] = os.environ[ADMIN_TOKEN_ENV]
-    return build_app(ServeConfig(**values))

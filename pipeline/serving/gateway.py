@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError
@@ -67,6 +68,8 @@ class Gateway:
         self._rng = random.Random()
         self._metrics, self._metrics_hub, self._replica = GatewayMetrics(), metrics_hub, uuid.uuid4().hex
         self._pusher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loading: set[ModelRef] = set()
         self._control = control
         self._snapshot = ControlSnapshot(routing=dict(config.routing))
         self._snapshot_time = 0.0
@@ -97,32 +100,44 @@ class Gateway:
         """Ready when every routed version of every model is loaded here and may take traffic. As the V2
         protocol says, 200 means ready and a 4xx not (with what is missing); a load starts for what is."""
         await self._refresh()
-        waiting = [ref for ref in await self._routed() if not await self._version_ready(ref)]
+        waiting = [ref for ref in self._routed() if not await self._version_ready(ref, load=True)]
         if waiting:
             return JSONResponse({"ready": False, "waiting_for": [str(r) for r in waiting]}, status_code=400)
         return JSONResponse({"ready": True})
 
     @http.get("/v2/models/{name}")
     @http.get("/v2/models/{name}/versions/{version}")
-    def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+    async def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
         ref = self._resolve(name, version)
+        graph, _ = await asyncio.to_thread(self._graphs.get, ref)
         versions = [str(ref.version)] if version else self._repository.versions(name)
-        return v2.model_metadata(name, versions, self._config.options.top_k)
+        k = min(self._config.options.top_k, len(graph.model.labels))  # what postprocess gives
+        return v2.model_metadata(
+            name, versions, k, raw_width=len(graph.model.labels) if self._config.options.raw_outputs else None
+        )
 
     @http.get("/v2/models/{name}/ready")
     @http.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(self, name: str, version: str | None = None) -> JSONResponse:
-        """Ready when loaded here and neither failed its check nor retired (Triton's meaning); 400 otherwise."""
+        """A version is ready when loaded here and it neither failed its check nor was retired (Triton's
+        meaning); a model, when every version its routing sends traffic to is. 200 if ready, 400 if not."""
         await self._refresh()
+        if version is None:
+            self._resolve(name, None)  # 404 for a model that is not there
+            refs = [ref for ref in self._routed() if ref.name == name]
+            ready = all([await self._version_ready(ref, load=True) for ref in refs])
+            body: dict[str, Any] = {"name": name, "versions": [r.version for r in refs], "ready": ready}
+            return JSONResponse(body, status_code=200 if ready else 400)
         ref = self._resolve(name, version)
         state = self._snapshot.state_of(ref)
-        ready = await self._version_ready(ref)
+        ready = await self._version_ready(ref, load=ref in self._routed())
         body = {"name": name, "version": ref.version, "ready": ready, "state": state.state}
         return JSONResponse(body | ({"error": state.error} if state.error else {}), status_code=200 if ready else 400)
 
     @http.get("/metrics")
     async def metrics(self) -> Response:
         """The whole app's counts (every gateway replica's), in the Prometheus text format."""
+        self._start_pushing_metrics()
         await self._metrics_hub.push.remote(self._replica, self._metrics.snapshot())
         return Response(await self._metrics_hub.render.remote(), media_type="text/plain; version=0.0.4")
 
@@ -135,10 +150,11 @@ class Gateway:
     async def _infer(self, ref: ModelRef, request: Request) -> JSONResponse:
         body = await read_body(request, self._config.max_request_bytes)
         header_length = request.headers.get("inference-header-content-length")
+        if header_length is not None and not header_length.isdigit():
+            raise HttpError(400, f"Inference-Header-Content-Length must be a number of bytes, got {header_length!r}")
         try:
-            length = int(header_length) if header_length else None
-            parsed = v2.parse_infer_request(body, length)
-        except (v2.BadRequest, ValueError) as exc:
+            parsed = v2.parse_infer_request(body, int(header_length) if header_length else None)
+        except v2.BadRequest as exc:
             raise HttpError(400, str(exc)) from None
         labels = [f"image {i}" for i in range(len(parsed.images))]
         table = await self._score(ref, parsed.images, labels, request)
@@ -152,8 +168,10 @@ class Gateway:
     async def _predict(self, ref: ModelRef, request: Request) -> JSONResponse:
         files = await read_files(request, self._config.max_request_bytes)
         table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request)
+        raw = "raw_output" in table.column_names  # ScoringOptions.raw_outputs, as in a batch row
         predictions = [
             {"file": filename, "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
+            | ({"raw_output": r["raw_output"]} if raw else {})
             for (filename, _), r in zip(files, table.to_pylist(), strict=True)
         ]
         return self._answer({"model": ref.name, "model_version": ref.version, "predictions": predictions}, ref)
@@ -172,9 +190,10 @@ class Gateway:
         """Load and check a version (warm-up batch, finite outputs); only a passing version can take traffic."""
         self._authorize(request)
         ref = self._resolve(name, version)
+        self._start_pushing_metrics()
         try:
             await self._scorer.check(ref)
-            self._graphs.get(ref)
+            await asyncio.to_thread(self._graphs.get, ref)
             state = VersionState()
         except StreamScoreError as exc:  # cannot load, or scores badly: reported, never served
             message = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
@@ -211,7 +230,7 @@ class Gateway:
         self._resolve(name, None)
         try:
             policy = RoutingPolicy.model_validate_json(await read_body(request, self._config.max_request_bytes))
-        except ValueError as exc:
+        except ValidationError as exc:
             raise HttpError(400, f"bad routing policy: {exc}") from None
         if missing := self._missing_versions(name, policy):
             raise HttpError(404, f"routing names versions {missing} that {name!r} does not have")
@@ -226,8 +245,9 @@ class Gateway:
     def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
         return sorted(policy.versions() - set(self._repository.versions(name)))
 
-    async def _routed(self) -> list[ModelRef]:
-        """Every version some routing policy can send traffic to (a model without one: its latest)."""
+    def _routed(self) -> list[ModelRef]:
+        """Every version some routing policy can send traffic to (a model without one, added after the deploy
+        pinned the others: its latest)."""
         refs = []
         for name in self._repository.names():
             policy = self._snapshot.routing.get(name, RoutingPolicy())
@@ -235,13 +255,18 @@ class Gateway:
             refs += [ModelRef(name=name, version=v) for v in versions]
         return refs
 
-    async def _version_ready(self, ref: ModelRef) -> bool:
-        """Loaded here (both halves) and routable; starts loading it when it is routable but not loaded."""
+    async def _version_ready(self, ref: ModelRef, load: bool) -> bool:
+        """Loaded here (both halves) and routable. With ``load``, a routable version that is not loaded starts
+        loading (only routed versions are asked to: loading others would evict routed ones)."""
         if not self._snapshot.state_of(ref).routable:
             return False
         if ref in await self._scorer.loaded() and ref in self._graphs.cached():
             return True
-        asyncio.get_running_loop().create_task(self._load_quietly(ref))
+        if load and ref not in self._loading:
+            self._loading.add(ref)
+            task = asyncio.get_running_loop().create_task(self._load_quietly(ref))
+            self._tasks.add(task)  # held: the loop keeps only a weak reference to a task
+            task.add_done_callback(self._tasks.discard)
         return False
 
     async def _load_quietly(self, ref: ModelRef) -> None:
@@ -250,6 +275,8 @@ class Gateway:
             await asyncio.to_thread(self._graphs.get, ref)
         except (StreamScoreError, RayError) as exc:
             logger.warning("loading %s for readiness failed: %s", ref, exc)
+        finally:
+            self._loading.discard(ref)
 
     async def _observed(self, endpoint: str, name: str, version: str | None, request: Request, handler: Handler) -> Any:
         """Route, run ``handler(ref, request)`` and record the outcome and latency."""

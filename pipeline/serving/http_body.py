@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Mapping
 
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
@@ -52,11 +53,14 @@ async def read_files(request: Request, limit: int) -> list[tuple[str, bytes]]:
         form = await parser.parse()
     except MultiPartException as exc:
         raise HttpError(400, f"bad multipart upload: {exc.message}") from None
-    files = [
-        (str(getattr(value, "filename", "") or key), await value.read())
-        for key, value in form.multi_items()
-        if hasattr(value, "read")
-    ]
+    try:
+        files = [
+            (value.filename or key, await value.read())
+            for key, value in form.multi_items()
+            if isinstance(value, UploadFile)
+        ]
+    finally:
+        await form.close()  # the parser spools files to temporary files
     if not files:
         raise HttpError(400, "multipart upload holds no files")
     return files

@@ -102,7 +102,7 @@ class ModelScorer:
             except StreamScoreError:
                 logger.exception("routed version %s failed its warm-up; its requests will fail", ref)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # type: ignore[arg-type]
+    @serve.batch  # type: ignore[arg-type]  # sized from the config in __init__
     async def score(self, refs: list[ModelRef], pixels: list[np.ndarray]) -> list[Scored]:  # type: ignore[misc]
         """Each request gets its rows, or an error; a version that fails fails only its own requests."""
         n = len(refs)

@@ -18,10 +18,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from common.errors import InputError
+
 IMAGE_INPUT = "image"
 
 
-class BadRequest(ValueError):
+class BadRequest(InputError):
     """The request is malformed; the message says how (answered with 400)."""
 
 
@@ -91,7 +93,8 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
 
 
 def infer_response(predictions: pa.Table, request_id: str | None) -> dict[str, Any]:
-    """Top-k labels (BYTES) and scores (FP32), shape [images, k], for every image of the request."""
+    """Top-k labels (BYTES) and scores (FP32), shape [images, k], for every image of the request; with
+    ``ScoringOptions.raw_outputs`` also ``raw_output`` (FP32, [images, classes]), as in a batch row."""
     rows = predictions.to_pylist()
     k = len(rows[0]["top_k"])
     response: dict[str, Any] = {
@@ -112,13 +115,24 @@ def infer_response(predictions: pa.Table, request_id: str | None) -> dict[str, A
             },
         ],
     }
+    if "raw_output" in predictions.column_names:
+        raw = [r["raw_output"] for r in rows]
+        response["outputs"].append(
+            {
+                "name": "raw_output",
+                "datatype": "FP32",
+                "shape": [len(rows), len(raw[0])],
+                "data": [v for r in raw for v in r],
+            }
+        )
     if request_id is not None:
         response["id"] = request_id
     return response
 
 
-def model_metadata(name: str, versions: list[str], top_k: int) -> dict[str, Any]:
-    return {
+def model_metadata(name: str, versions: list[str], top_k: int, raw_width: int | None = None) -> dict[str, Any]:
+    """The outputs a response carries: ``top_k`` labels and scores, and the raw outputs when kept."""
+    metadata: dict[str, Any] = {
         "name": name,
         "versions": versions,
         "platform": "onnxruntime_onnx",
@@ -128,3 +142,6 @@ def model_metadata(name: str, versions: list[str], top_k: int) -> dict[str, Any]
             {"name": "score", "datatype": "FP32", "shape": [-1, top_k]},
         ],
     }
+    if raw_width is not None:
+        metadata["outputs"].append({"name": "raw_output", "datatype": "FP32", "shape": [-1, raw_width]})
+    return metadata
