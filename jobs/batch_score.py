@@ -10,13 +10,14 @@ instance is started for the run.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 if __package__ in (None, ""):  # run as a script (ray job submit): make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,10 +28,15 @@ from common.errors import ConfigError, ErrorBudgetExceeded  # noqa: E402
 from jobs import console  # noqa: E402
 from jobs.options import add_scoring_options, described, scoring_options  # noqa: E402
 from pipeline.planner import ResourceOverrides  # noqa: E402
+from pipeline.sources import SourceKind, detect_source  # noqa: E402
 
 if TYPE_CHECKING:
     from pipeline.run_summary import RunSummary
 
+# detect_source's own defaults, shown in --help (flags left out are not passed, so these apply).
+SOURCE_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(detect_source).parameters.items() if p.default is not p.empty
+}
 EXAMPLE = "example: streamscore score jobs/demo_images out/demo --model efficientnet-lite0 --overwrite --show 5"
 
 
@@ -43,11 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray for this run)")
     parser.add_argument(
         "--input-format",
-        choices=["auto", "folder", "glob", "uri_list", "parquet"],
-        help="what INPUT is (default: auto, from its name and contents)",
+        choices=get_args(SourceKind),
+        help=f"what INPUT is (default: {SOURCE_DEFAULTS['kind']}: from its name and contents)",
     )
-    parser.add_argument("--id-column", help="Parquet input: the id column (default: id)")
-    parser.add_argument("--bytes-column", help="Parquet input: the image bytes column (default: image)")
+    parser.add_argument("--id-column", help=f"Parquet input: the id column (default: {SOURCE_DEFAULTS['id_column']})")
+    parser.add_argument(
+        "--bytes-column", help=f"Parquet input: the image bytes column (default: {SOURCE_DEFAULTS['bytes_column']})"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the output folder's contents")
     parser.add_argument(
         "--max-error-fraction",
@@ -131,7 +139,7 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     from pipeline.model_ref import ModelRef
     from pipeline.models import ModelRepository
     from pipeline.planner import plan_resources
-    from pipeline.sources import FileListing, detect_source
+    from pipeline.sources import FileListing
     from pipeline.writer import check_output
 
     started_at = started_at if started_at is not None else time.perf_counter()

@@ -8,9 +8,12 @@ Commands return their own status otherwise (0 done; ``score`` 3 when the error b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,16 +52,70 @@ def models_dir(args: argparse.Namespace) -> str:
     return find_models_dir(getattr(args, "models_dir", None), os.environ.get(MODELS_DIR_ENV), Path.cwd())
 
 
+INTERRUPTED = "streamscore: interrupted; output written so far is incomplete"
+# After Ctrl-C the command gets this long to unwind (Ray shutting down its local instance included); then, or
+# at a second Ctrl-C, it exits at once. Seen here: a Ctrl-C that landed inside ray.init was swallowed there,
+# and the run then hung; a user's Ctrl-C must end the command whatever it interrupts.
+INTERRUPT_GRACE_S = 10.0
+_interrupted = threading.Event()
+_said = threading.Lock()
+
+
 def run_command(command: Callable[[], int]) -> int:
     """Run ``command`` and turn our errors and Ctrl-C into one line and an exit status."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_interrupt)
     try:
         return command()
     except StreamScoreError as exc:
         print(f"streamscore: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nstreamscore: interrupted; output written so far is incomplete", file=sys.stderr)
+        _say_interrupted()
         return 130
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    if _interrupted.is_set():
+        _exit_now()
+    _interrupted.set()
+    watchdog = threading.Timer(INTERRUPT_GRACE_S, _exit_now)
+    watchdog.daemon = True
+    watchdog.start()
+    raise KeyboardInterrupt
+
+
+def _say_interrupted() -> None:
+    if _said.acquire(blocking=False):
+        print(f"\n{INTERRUPTED}", file=sys.stderr, flush=True)
+
+
+def _exit_now() -> None:
+    """Stop the processes this command started (a local Ray instance) and exit with 130, skipping clean-up."""
+    _say_interrupted()
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    os._exit(130)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process started under ``root`` (Linux ``/proc``; elsewhere none are known)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue  # exited meanwhile
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def connect_ray(address: str | None, num_cpus: int | None = None) -> None:

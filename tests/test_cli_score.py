@@ -20,6 +20,7 @@ from tests.conftest import MODELS_DIR, REPO, wait_for
 from tests.processes import (
     DEMO_IMAGES,
     MODEL,
+    alive,
     clean_env,
     console_script,
     descendants,
@@ -196,8 +197,10 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path) -> None:
     try:
         wait_for(lambda: bool(ray_sessions(ray_tmpdir)) or run.poll() is not None, 120, 0.1)
         assert run.poll() is None, run.communicate()
+        started = descendants(run.pid)  # the local Ray instance it is starting
         run.send_signal(signal.SIGINT)
-        stdout, stderr = run.communicate(timeout=120)
+        stdout, stderr = run.communicate(timeout=60)  # within the 10 s grace, whatever the signal interrupted
+        wait_for(lambda: not any(alive(pid) for pid in started), 30)  # and nothing it started lives on
     finally:
         if run.poll() is None:
             run.kill()
