@@ -93,13 +93,13 @@ def _say_interrupted() -> None:
 def _exit_now() -> None:
     """Stop the processes this command started (a local Ray instance) and exit with 130, skipping clean-up."""
     _say_interrupted()
-    for pid in _descendants(os.getpid()):
+    for pid in descendants(os.getpid()):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
     os._exit(130)
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """Every process started under ``root`` (Linux ``/proc``; elsewhere none are known)."""
     children: dict[int, list[int]] = {}
     with contextlib.suppress(OSError):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -114,60 +113,3 @@ class Operator(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.params!r})"
-
-
-def batch_length(batch: Batch) -> int:
-    return len(next(iter(batch.values()))) if batch else 0
-
-
-def errors_of(batch: Batch) -> np.ndarray:
-    """The batch's error column, or a fresh all-``None`` one.
-
-    An all-null Arrow string column can come back from Ray Data as a float (NaN) array; it means no errors.
-    """
-    errors = batch.get(ERROR)
-    if errors is not None and errors.dtype == object:
-        return errors
-    return np.full(batch_length(batch), None, dtype=object)
-
-
-def ok_mask(batch: Batch) -> np.ndarray:
-    """True for rows that have not failed yet."""
-    return np.array([e is None for e in errors_of(batch)], dtype=bool)
-
-
-def map_rows(
-    values: np.ndarray, errors: np.ndarray, kernel: Callable[[Any], Any], failure_reason: Reason
-) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ``kernel`` to each row that has not failed; a failing row gets an error, never disappears.
-
-    Returns (object array of results, new error array). ``RowError`` keeps its reason; any other exception
-    from a third-party decoder becomes ``failure_reason`` with the exception's message.
-    """
-    results = np.full(len(values), None, dtype=object)
-    new_errors = errors.copy()
-    for i, value in enumerate(values):
-        if errors[i] is not None:
-            continue
-        try:
-            results[i] = kernel(value)
-        except RowError as exc:
-            new_errors[i] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - third-party decoders raise anything; the row must survive
-            new_errors[i] = failure_reason.row_error(f"{type(exc).__name__}: {exc}")
-    return results, new_errors
-
-
-def with_columns(batch: Batch, drop: tuple[str, ...] = (), /, **columns: np.ndarray) -> Batch:
-    """A new batch: ``batch`` without ``drop``, plus ``columns`` (the input batch is left untouched)."""
-    out = {k: v for k, v in batch.items() if k not in drop}
-    out.update(columns)
-    return out
-
-
-def object_array(values: list[Any]) -> np.ndarray:
-    """A 1-D object array (``np.array`` would try to stack equal-shaped images into one block)."""
-    out = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values):
-        out[i] = value
-    return out

@@ -11,18 +11,8 @@ import numpy as np
 from pydantic import Field
 
 from operators._registry import register
-from operators.base import (
-    ERROR,
-    ERROR_COLUMN,
-    Batch,
-    Column,
-    Operator,
-    Params,
-    RowError,
-    errors_of,
-    map_rows,
-    with_columns,
-)
+from operators._rows import errors_of, map_rows, with_errors
+from operators.base import ERROR_COLUMN, Batch, Column, Operator, Params, RowError
 from operators.reasons import Reason
 
 
@@ -47,7 +37,7 @@ class CenterCrop(Operator):
         for i, crop in enumerate(crops):
             if crop is not None:
                 pixels[i] = crop
-        return with_columns(batch, self.drops, pixels=pixels, **{ERROR: errors})
+        return with_errors(batch, errors, self.drops, pixels=pixels)
 
     def _crop(self, image: np.ndarray) -> np.ndarray:
         p = self.params

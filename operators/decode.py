@@ -16,18 +16,8 @@ from pydantic import Field
 
 from operators import _imaging
 from operators._registry import register
-from operators.base import (
-    ERROR_COLUMN,
-    Backend,
-    Batch,
-    Column,
-    Operator,
-    Params,
-    RowError,
-    errors_of,
-    map_rows,
-    with_columns,
-)
+from operators._rows import errors_of, map_rows, with_errors
+from operators.base import ERROR_COLUMN, Backend, Batch, Column, Operator, Params, RowError
 from operators.reasons import Reason
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -62,7 +52,7 @@ class Decode(Operator):
     def __call__(self, batch: Batch) -> Batch:
         kernel = self._decode_opencv if self.params.backend == "opencv" else self._decode_pillow
         images, errors = map_rows(batch["bytes"], errors_of(batch), kernel, Reason.DECODE_FAILED)
-        return with_columns(batch, self.drops, image=images, error=errors)
+        return with_errors(batch, errors, self.drops, image=images)
 
     def _open(self, data: bytes | None):  # type: ignore[no-untyped-def]
         if data is None:

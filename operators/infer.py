@@ -18,7 +18,8 @@ from pydantic import Field
 from common.errors import InferenceError, ModelLoadError
 from common.filesystems import resolve
 from operators._registry import register
-from operators.base import ERROR, ERROR_COLUMN, Batch, Column, Operator, Params, errors_of, ok_mask, with_columns
+from operators._rows import errors_of, ok_mask, with_errors
+from operators.base import ERROR_COLUMN, Batch, Column, Operator, Params
 from operators.reasons import Reason
 
 logger = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class Infer(Operator):
                 errors[ok] = Reason.INFERENCE_FAILED.row_error(detail)
         if outputs is None:
             outputs = np.full((len(x), self._num_outputs()), np.nan, dtype=np.float32)
-        return with_columns(batch, self.drops, output=outputs, **{ERROR: errors})
+        return with_errors(batch, errors, self.drops, output=outputs)
 
     def _run_in_chunks(self, x: np.ndarray) -> np.ndarray:
         step = self.params.max_rows_per_call or len(x)

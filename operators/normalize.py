@@ -13,7 +13,8 @@ from pydantic import model_validator
 
 from common.errors import ContractError
 from operators._registry import register
-from operators.base import Batch, Column, Operator, Params, with_columns
+from operators._rows import with_columns
+from operators.base import Batch, Column, Operator, Params
 
 
 class NormalizeParams(Params):

@@ -7,7 +7,8 @@ from pydantic import Field
 
 from common.errors import ContractError
 from operators._registry import register
-from operators.base import Batch, Column, Operator, Params, object_array, ok_mask, with_columns
+from operators._rows import object_array, ok_mask, with_columns
+from operators.base import Batch, Column, Operator, Params
 
 
 class PostprocessParams(Params):

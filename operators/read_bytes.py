@@ -11,18 +11,8 @@ from pydantic import Field
 
 from common.filesystems import resolve
 from operators._registry import register
-from operators.base import (
-    ERROR,
-    ERROR_COLUMN,
-    Batch,
-    Column,
-    Operator,
-    Params,
-    RowError,
-    errors_of,
-    map_rows,
-    with_columns,
-)
+from operators._rows import errors_of, map_rows, with_errors
+from operators.base import ERROR_COLUMN, Batch, Column, Operator, Params, RowError
 from operators.reasons import Reason
 
 
@@ -40,7 +30,7 @@ class ReadBytes(Operator):
 
     def __call__(self, batch: Batch) -> Batch:
         data, errors = map_rows(batch["uri"], errors_of(batch), self._read, Reason.READ_FAILED)
-        return with_columns(batch, bytes=data, **{ERROR: errors})
+        return with_errors(batch, errors, bytes=data)
 
     def _read(self, uri: str) -> bytes:
         filesystem, path = resolve(str(uri))

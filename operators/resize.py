@@ -15,18 +15,8 @@ from PIL import Image
 from pydantic import Field
 
 from operators._registry import register
-from operators.base import (
-    ERROR,
-    ERROR_COLUMN,
-    Backend,
-    Batch,
-    Column,
-    Operator,
-    Params,
-    errors_of,
-    map_rows,
-    with_columns,
-)
+from operators._rows import errors_of, map_rows, with_errors
+from operators.base import ERROR_COLUMN, Backend, Batch, Column, Operator, Params
 from operators.reasons import Reason
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
@@ -72,7 +62,7 @@ class Resize(Operator):
     def __call__(self, batch: Batch) -> Batch:
         kernel = self._resize_opencv if self.params.backend == "opencv" else self._resize_pillow
         images, errors = map_rows(batch["image"], errors_of(batch), kernel, Reason.RESIZE_FAILED)
-        return with_columns(batch, image=images, **{ERROR: errors})
+        return with_errors(batch, errors, image=images)
 
     def _resize_pillow(self, image: np.ndarray) -> np.ndarray:
         height, width = shorter_side_size(image.shape[0], image.shape[1], self.params.shorter)

@@ -16,7 +16,8 @@ import pyarrow as pa
 
 import operators
 from common.errors import ContractError
-from operators.base import ERROR, ERROR_COLUMN, Batch, Column, Operator, OperatorSpec, errors_of, object_array
+from operators._rows import errors_of, object_array
+from operators.base import ERROR, ERROR_COLUMN, Batch, Column, Operator, OperatorSpec
 from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository, ModelVersion
 from pipeline.options import ScoringOptions

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from operators.base import ERROR, Batch, errors_of
+from operators._rows import errors_of
+from operators.base import ERROR, Batch
 
 if TYPE_CHECKING:
     from pipeline.models import ModelVersion

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import operators
-from operators.base import ERROR, OperatorSpec, object_array
+from operators._rows import object_array
+from operators.base import ERROR, OperatorSpec
 from tests.bad_images import bad_inputs, odd_but_valid
 from tests.conftest import encode
 

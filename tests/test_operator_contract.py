@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import operators
-from operators.base import ERROR, Batch, Column, Operator, OperatorSpec, object_array
+from operators._rows import object_array
+from operators.base import ERROR, Batch, Column, Operator, OperatorSpec
 from tests.conftest import MODELS_DIR, encode
 
 RNG = np.random.default_rng(0)

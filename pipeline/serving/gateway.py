@@ -26,7 +26,8 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import ConfigError, StreamScoreError
-from operators.base import ERROR, object_array
+from operators._rows import object_array
+from operators.base import ERROR
 from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository
 from pipeline.serving import v2

@@ -21,7 +21,8 @@ import pyarrow as pa
 from ray import serve
 
 from common.errors import InferenceError, StreamScoreError
-from operators.base import ERROR, object_array
+from operators._rows import object_array
+from operators.base import ERROR
 from pipeline.graph import Graph, Stage, graph_for_model
 from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository
