@@ -52,7 +52,7 @@ def models_dir(args: argparse.Namespace) -> str:
     return find_models_dir(getattr(args, "models_dir", None), os.environ.get(MODELS_DIR_ENV), Path.cwd())
 
 
-INTERRUPTED = "streamscore: interrupted; output written so far is incomplete"
+INTERRUPTED = "streamscore: interrupted; no output was published"
 # After Ctrl-C the command gets this long to unwind (Ray shutting down its local instance included); then, or
 # at a second Ctrl-C, it exits at once. Seen here: a Ctrl-C that landed inside ray.init was swallowed there,
 # and the run then hung; a user's Ctrl-C must end the command whatever it interrupts.

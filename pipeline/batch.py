@@ -218,8 +218,8 @@ def run_batch(
                 on_progress(writer.rows, writer.error_rows)
     except (ActorDiedError, ActorUnavailableError) as exc:
         raise WorkerCrashedError(
-            f"a scoring actor died after {writer.rows} rows were written ({type(exc).__name__}); the output in "
-            f"{output_uri} is incomplete: {str(exc).strip().splitlines()[0][:300]}"
+            f"a scoring actor died after {writer.rows} rows ({type(exc).__name__}); nothing was published in "
+            f"{output_uri} (the next run replaces this attempt): {str(exc).strip().splitlines()[0][:300]}"
         ) from exc
     finally:
         writer.close()
@@ -236,6 +236,7 @@ def run_batch(
     )
     if input_rows is not None and summary.rows != input_rows:
         raise LostRowsError(f"lost rows: {input_rows} in, {summary.rows} out; please report this as a bug")
+    writer.commit(summary.as_json())  # the dataset becomes visible, with _SUCCESS, only now
     if max_error_fraction is not None and summary.rows and summary.error_rows / summary.rows > max_error_fraction:
         raise ErrorBudgetExceeded(
             f"{summary.error_rows} of {summary.rows} rows failed ({summary.error_rows / summary.rows:.1%}), over the "

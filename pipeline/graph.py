@@ -139,6 +139,7 @@ def graph_for_model(model: ModelVersion, options: ScoringOptions, *, read_files:
                 "shorter": m.preprocess.resize_shorter,
                 "interpolation": m.preprocess.interpolation,
                 "backend": options.resize_backend,
+                "crop": (m.input.height, m.input.width),
             },
         ),
         OperatorSpec(

@@ -135,5 +135,5 @@ def test_error_budget_fails_the_run_but_keeps_every_row(ray_cluster, repository,
     with pytest.raises(ErrorBudgetExceeded, match="5 of 6 rows failed"):
         run_batch(graph, detect_source(str(folder)), str(tmp_path / "out"), plan, max_error_fraction=0.5)
     assert pq.read_table(tmp_path / "out").num_rows == 6
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(InputError, match="holds a complete run"):
         run_batch(graph, detect_source(str(folder)), str(tmp_path / "out"), plan)

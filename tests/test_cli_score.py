@@ -207,7 +207,7 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path) -> None:
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
     assert run.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1] == "streamscore: interrupted; output written so far is incomplete"
+    assert stderr.strip().splitlines()[-1] == "streamscore: interrupted; no output was published"
 
 
 def test_a_worker_killed_mid_run_ends_the_run_with_a_message_not_a_retry_loop(tmp_path: Path) -> None:
@@ -227,7 +227,7 @@ def test_a_worker_killed_mid_run_ends_the_run_with_a_message_not_a_retry_loop(tm
 
     try:
         # Once the first predictions are written, an actor is mid-run.
-        wait_for(lambda: (out / "part-00000.parquet").exists() or run.poll() is not None, 120, 0.05)
+        wait_for(lambda: (out / "_staging" / "part-00000.parquet").exists() or run.poll() is not None, 120, 0.05)
         victims = scoring_actors()
         assert run.poll() is None and victims, "the run ended before an actor could be killed"
         os.kill(victims[0], signal.SIGKILL)
@@ -238,7 +238,8 @@ def test_a_worker_killed_mid_run_ends_the_run_with_a_message_not_a_retry_loop(tm
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
     assert run.returncode == 2, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("streamscore: error: a scoring actor died after ") and "is incomplete" in last, last
+    assert last.startswith("streamscore: error: a scoring actor died after ") and "nothing was published" in last, last
+    assert not list(out.glob("*.parquet")) and not (out / "_SUCCESS").exists()  # readers see no dataset
 
 
 def _cmdline(pid: int) -> str:
@@ -258,3 +259,40 @@ def test_bad_settings_exit_2_in_one_line_before_ray_starts(streamscore, tmp_path
         run = streamscore("score", str(DEMO_IMAGES), str(tmp_path / "out"), *model, *flags)
         assert run.returncode == 2 and run.stderr.startswith(message), run.stderr
         assert "Traceback" not in run.stderr and run.ray_sessions == []
+
+
+def test_a_killed_driver_leaves_nothing_a_reader_would_take_and_the_rerun_needs_no_overwrite(
+    streamscore, tmp_path: Path
+) -> None:
+    """SIGKILL of the `streamscore score` process mid-run (and of the local Ray it started): the folder shows
+    readers no rows; the same command then completes it, and refuses to replace it once complete."""
+    import pyarrow.dataset as pads
+
+    ray_tmpdir = short_tmp_dir("ss-kdrv-")
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    for i in range(400):
+        shutil.copy(DEMO_IMAGES / "coffee.jpg", images / f"{i}.jpg")
+    command = [sys.executable, "-m", "jobs.cli", "score", str(images), str(out), "--model", MODEL]
+    run = subprocess.Popen(command, cwd=REPO, env=clean_env(RAY_TMPDIR=str(ray_tmpdir)), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_for(lambda: (out / "_staging" / "part-00000.parquet").exists() or run.poll() is not None, 120, 0.05)
+        assert run.poll() is None, "the run ended before it could be killed"
+        started = descendants(run.pid)
+        run.kill()
+        run.wait(timeout=30)
+        for pid in filter(alive, started):  # its local Ray goes with it, as the OOM killer's victim's would not
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+    assert pads.dataset(out, format="parquet").count_rows() == 0 and not (out / "_SUCCESS").exists()
+
+    again = streamscore("score", str(images), str(out), "--model", MODEL, "--models-dir", str(MODELS_DIR))
+    assert again.returncode == 0, again.stderr
+    assert pads.dataset(out, format="parquet").count_rows() == 400
+    assert json.loads((out / "_SUCCESS").read_text())["rows"] == 400
+    refused = streamscore("score", str(images), str(out), "--model", MODEL, "--models-dir", str(MODELS_DIR))
+    assert refused.returncode == 2 and "holds a complete run" in refused.stderr

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import io
 import json
 import urllib.request
 import uuid
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.graph import build_graph
 from tests.serving import MODEL, request_json
@@ -155,6 +157,25 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     malformed = {"Content-Type": "multipart/form-data; boundary=x"}
     status, _, body = request_json(f"{server}/predict/{MODEL}", b"--x\r\nContent-Disposition: form-data\r\n", malformed)
     assert 400 <= status < 500 and body["error"]
+    # Probes that answered 500: parameters that are not an object, JSON nested 100,000 deep, a NaN time limit.
+    v2 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aa=="], "parameters": [1]}]}
+    status, _, body = request_json(f"{server}/v2/models/{MODEL}/infer", json.dumps(v2).encode())
+    assert status == 400 and "parameters must be an object" in body["error"], body
+    status, _, body = request_json(f"{server}/v2/models/{MODEL}/infer", b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "nested too deeply" in body["error"], body
+    for limit in ("nan", "inf", "-1"):
+        status, _, body = request_json(
+            f"{server}/predict/{MODEL}", photo_jpegs["coffee"], {"X-Request-Timeout-S": limit}
+        )
+        assert status == 400 and "X-Request-Timeout-S" in body["error"], (limit, body)
+    headers = {"Inference-Header-Content-Length": "12x"}
+    status, _, body = request_json(f"{server}/v2/models/{MODEL}/infer", b"{}", headers)
+    assert status == 400 and "Inference-Header-Content-Length" in body["error"], body
+    strip = io.BytesIO()
+    Image.new("RGB", (4000, 1), (200, 30, 30)).save(strip, "PNG")  # a <100-byte aspect-ratio bomb
+    assert request_json(f"{server}/predict/{MODEL}", strip.getvalue())[0] == 200
+    for path in ("/docs", "/redoc", "/openapi.json"):  # not part of the API
+        assert request_json(f"{server}{path}")[0] == 404
     # The replicas survived all of that.
     assert request_json(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
 

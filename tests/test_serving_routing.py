@@ -122,7 +122,12 @@ def test_hot_updates_under_load_fail_no_request(server: str, digit_files) -> Non
     assert [s for s, _ in outcomes if s != 200] == []
     served = {v for _, v in outcomes}
     assert "3" in served and "4" not in served and served <= {"1", "2", "3"}
-    assert request_json(f"{server}/predict/digits?version=3", image)[0] == 404  # retired
+
+    # Retired, on every gateway replica within the 0.5 s they take to see a change (two replicas here).
+    def retired_everywhere() -> bool:
+        return [request_json(f"{server}/predict/digits?version=3", image)[0] for _ in range(6)] == [404] * 6
+
+    wait_for(retired_everywhere, 10, 0.1)
     assert request_json(f"{server}/predict/digits?version=4", image)[0] == 404  # failed its check
     # V2 readiness says the same, whichever gateway replica answers. The app is ready again once the routed
     # versions are loaded (the versions cache may have let one go for versions loaded meanwhile).

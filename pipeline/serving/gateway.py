@@ -39,7 +39,8 @@ from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, RemoteScorer, ScorerClient
 
 logger = logging.getLogger(__name__)
-http = FastAPI(title="StreamScore")
+# No /docs, /redoc or /openapi.json: the API is the V2 protocol and /predict, documented in the README.
+http = FastAPI(title="StreamScore", docs_url=None, redoc_url=None, openapi_url=None)
 Handler = Callable[[ModelRef, Request], Awaitable[JSONResponse]]
 
 

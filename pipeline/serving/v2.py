@@ -58,6 +58,11 @@ def _decode_json_element(value: Any, index: int) -> bytes:
         raise BadRequest(f"image {index}: not valid base64") from None
 
 
+def _is_count(value: object) -> bool:
+    """A JSON integer >= 0 (JSON's true and false are Python ints too, and are not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     """Parse a V2 infer request body (JSON, or JSON header + binary data) into the encoded images."""
     if header_length is not None and not 0 < header_length <= len(body):
@@ -67,6 +72,8 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         header = json.loads(header_bytes)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("request is not valid JSON") from None
+    except RecursionError:  # e.g. 100,000 nested brackets: json.loads gives up; so do we, politely
+        raise BadRequest("request JSON is nested too deeply") from None
     inputs = header.get("inputs") if isinstance(header, dict) else None
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest(f"expected exactly one input, {IMAGE_INPUT!r} of datatype BYTES")
@@ -74,17 +81,22 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     if spec.get("datatype") != "BYTES":
         raise BadRequest(f"input {spec.get('name')!r} has datatype {spec.get('datatype')!r}; images are BYTES")
     shape = spec.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) and shape[0] >= 0):
-        raise BadRequest(f"input shape must be [number of images], got {shape!r}")
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    if not (isinstance(shape, list) and len(shape) == 1 and _is_count(shape[0])):
+        raise BadRequest(f"input shape must be [number of images], got {shape!r}"[:300])
+    parameters = spec.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"input parameters must be an object, got {type(parameters).__name__}")
+    size = parameters.get("binary_data_size")
     if size is not None:
-        if not isinstance(size, int) or size != len(binary):
+        if not _is_count(size) or size != len(binary):
             raise BadRequest(f"binary_data_size {size!r} does not match the {len(binary)} bytes after the header")
         images = _split_bytes_tensor(binary, shape[0])
     else:
         data = spec.get("data")
-        if not isinstance(data, list) or len(data) != shape[0]:
-            raise BadRequest(f"input shape says {shape[0]} images but data holds {len(data or [])}")
+        if not isinstance(data, list):
+            raise BadRequest("input data must be a list of base64 strings (or use the binary tensor extension)")
+        if len(data) != shape[0]:
+            raise BadRequest(f"input shape says {shape[0]} images but data holds {len(data)}")
         images = [_decode_json_element(value, i) for i, value in enumerate(data)]
     if not images:
         raise BadRequest("no images in the request")
