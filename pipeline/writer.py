@@ -52,7 +52,9 @@ def check_output(output_uri: str, overwrite: bool) -> None:
         return
     entries = _entries(fs, path)
     if any(e.base_name == SUCCESS_FILE for e in entries):
-        raise InputError(f"output folder {output_uri} holds a complete run ({SUCCESS_FILE}); pass --overwrite to replace it")
+        raise InputError(
+            f"output folder {output_uri} holds a complete run ({SUCCESS_FILE}); pass --overwrite to replace it"
+        )
     if not all(_ours(e) for e in entries):
         raise InputError(f"output folder {output_uri} is not empty; pass --overwrite to replace it")
     # Only an incomplete attempt of ours is there: the run replaces it.

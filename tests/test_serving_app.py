@@ -176,6 +176,10 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     assert request_json(f"{server}/predict/{MODEL}", strip.getvalue())[0] == 200
     for path in ("/docs", "/redoc", "/openapi.json"):  # not part of the API
         assert request_json(f"{server}{path}")[0] == 404
+    five = [base64.b64encode(photo_jpegs["coffee"][:100]).decode()] * 5
+    v2 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [5], "data": five}]}
+    status, _, body = request_json(f"{server}/v2/models/{MODEL}/infer", json.dumps(v2).encode())
+    assert status == 413 and "holds 5 images, over the limit of 4" in body["error"], body
     # The replicas survived all of that.
     assert request_json(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
 

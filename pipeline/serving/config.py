@@ -29,6 +29,9 @@ class ServeConfig(BaseModel):
     # Large enough that @serve.batch can fill a batch from concurrent requests.
     max_ongoing_requests: int = Field(default=64, ge=1)
     max_request_bytes: int = Field(default=20_000_000, ge=1)
+    # Images in one request (V2 or multipart): each is decoded at full size before it is cropped, so a
+    # request's memory grows with this count (413 past it).
+    max_images_per_request: int = Field(default=64, ge=1)
     # Past this many waiting requests a deployment refuses more (503 + Retry-After), instead of queueing
     # without bound; each request may also take at most request_timeout_s (504).
     max_queued_requests: int = Field(default=256, ge=1)

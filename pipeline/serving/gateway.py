@@ -343,6 +343,10 @@ class Gateway:
 
     async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], request: Request) -> Any:
         """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``."""
+        if len(images) > self._config.max_images_per_request:
+            raise HttpError(
+                413, f"the request holds {len(images)} images, over the limit of {self._config.max_images_per_request}"
+            )
         timeout = request_timeout_s(request.headers, self._config.request_timeout_s)
         try:
             return await asyncio.wait_for(self._score_now(ref, images, labels), timeout)
