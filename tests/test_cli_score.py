@@ -187,13 +187,7 @@ def test_progress_line_counts_errors_in_words() -> None:
 def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path) -> None:
     """SIGINT while the run is under way (Ray started): no traceback, one line saying so, exit 130."""
     ray_tmpdir = short_tmp_dir("ss-int-")
-    images = tmp_path / "images"
-    images.mkdir()
-    for i in range(200):
-        shutil.copy(DEMO_IMAGES / "coffee.jpg", images / f"{i}.jpg")
-    command = [sys.executable, "-m", "jobs.cli", "score", str(images), str(tmp_path / "out"), "--model", MODEL]
-    run = subprocess.Popen(command, cwd=REPO, env=clean_env(RAY_TMPDIR=str(ray_tmpdir)), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    run = _start_score(_coffees(tmp_path / "images", 200), tmp_path / "out", ray_tmpdir, capture=True)
     try:
         wait_for(lambda: bool(ray_sessions(ray_tmpdir)) or run.poll() is not None, 120, 0.1)
         assert run.poll() is None, run.communicate()
@@ -214,13 +208,8 @@ def test_a_worker_killed_mid_run_ends_the_run_with_a_message_not_a_retry_loop(tm
     """SIGKILL of a scoring actor's process (as the OOM killer would): exit 2 and one closing line saying the
     output is incomplete, instead of Ray Data restarting the actor without end."""
     ray_tmpdir = short_tmp_dir("ss-kill-")
-    images, out = tmp_path / "images", tmp_path / "out"
-    images.mkdir()
-    for i in range(600):
-        shutil.copy(DEMO_IMAGES / "coffee.jpg", images / f"{i}.jpg")
-    command = [sys.executable, "-m", "jobs.cli", "score", str(images), str(out), "--model", MODEL]
-    run = subprocess.Popen(command, cwd=REPO, env=clean_env(RAY_TMPDIR=str(ray_tmpdir)), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)  # fmt: skip
+    out = tmp_path / "out"
+    run = _start_score(_coffees(tmp_path / "images", 600), out, ray_tmpdir, capture=True)
 
     def scoring_actors() -> list[int]:
         return [pid for pid in descendants(run.pid) if "MapWorker" in _cmdline(pid)]
@@ -269,13 +258,8 @@ def test_a_killed_driver_leaves_nothing_a_reader_would_take_and_the_rerun_needs_
     import pyarrow.dataset as pads
 
     ray_tmpdir = short_tmp_dir("ss-kdrv-")
-    images, out = tmp_path / "images", tmp_path / "out"
-    images.mkdir()
-    for i in range(400):
-        shutil.copy(DEMO_IMAGES / "coffee.jpg", images / f"{i}.jpg")
-    command = [sys.executable, "-m", "jobs.cli", "score", str(images), str(out), "--model", MODEL]
-    run = subprocess.Popen(command, cwd=REPO, env=clean_env(RAY_TMPDIR=str(ray_tmpdir)), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)  # fmt: skip
+    images, out = _coffees(tmp_path / "images", 400), tmp_path / "out"
+    run = _start_score(images, out, ray_tmpdir, capture=False)
     try:
         wait_for(lambda: (out / "_staging" / "part-00000.parquet").exists() or run.poll() is not None, 120, 0.05)
         assert run.poll() is None, "the run ended before it could be killed"
@@ -296,3 +280,19 @@ def test_a_killed_driver_leaves_nothing_a_reader_would_take_and_the_rerun_needs_
     assert json.loads((out / "_SUCCESS").read_text())["rows"] == 400
     refused = streamscore("score", str(images), str(out), "--model", MODEL, "--models-dir", str(MODELS_DIR))
     assert refused.returncode == 2 and "holds a complete run" in refused.stderr
+
+
+def _coffees(folder: Path, n: int) -> Path:
+    """``n`` copies of the demo coffee photo: a run long enough to be interrupted."""
+    folder.mkdir()
+    for i in range(n):
+        shutil.copy(DEMO_IMAGES / "coffee.jpg", folder / f"{i}.jpg")
+    return folder
+
+
+def _start_score(images: Path, out: Path, ray_tmpdir: Path, *, capture: bool) -> subprocess.Popen:
+    """``streamscore score`` in the background, its Ray in ``ray_tmpdir``; its output piped or dropped."""
+    command = [sys.executable, "-m", "jobs.cli", "score", str(images), str(out), "--model", MODEL]
+    pipe = subprocess.PIPE if capture else subprocess.DEVNULL
+    env = clean_env(RAY_TMPDIR=str(ray_tmpdir))
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=pipe, stderr=pipe, text=True)
