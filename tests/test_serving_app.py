@@ -180,6 +180,16 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     v2 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [5], "data": five}]}
     status, _, body = request_json(f"{server}/v2/models/{MODEL}/infer", json.dumps(v2).encode())
     assert status == 413 and "holds 5 images, over the limit of 4" in body["error"], body
+    # A client that stalls mid-body is cut off with 408 once its time is up; others are served meanwhile.
+    stalled = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    stalled.putrequest("POST", f"/predict/{MODEL}")
+    stalled.putheader("Content-Length", "100000")
+    stalled.endheaders()
+    stalled.send(b"\xff\xd8" + b"0" * 1000)
+    assert request_json(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
+    response = stalled.getresponse()
+    assert response.status == 408 and b"did not arrive within 2 s" in response.read()
+    stalled.close()
     # The replicas survived all of that.
     assert request_json(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
 

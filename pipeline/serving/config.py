@@ -32,6 +32,8 @@ class ServeConfig(BaseModel):
     # Images in one request (V2 or multipart): each is decoded at full size before it is cropped, so a
     # request's memory grows with this count (413 past it).
     max_images_per_request: int = Field(default=64, ge=1)
+    # A request's whole body must arrive within this (408 past it): slow or stalled clients give their slot back.
+    body_timeout_s: float = Field(default=10.0, gt=0)
     # Past this many waiting requests a deployment refuses more (503 + Retry-After), instead of queueing
     # without bound; each request may also take at most request_timeout_s (504).
     max_queued_requests: int = Field(default=256, ge=1)

@@ -150,7 +150,7 @@ class Gateway:
         return await self._observed("infer", name, version, request, self._infer)
 
     async def _infer(self, ref: ModelRef, request: Request) -> JSONResponse:
-        body = await read_body(request, self._config.max_request_bytes)
+        body = await read_body(request, self._config.max_request_bytes, self._config.body_timeout_s)
         header_length = request.headers.get("inference-header-content-length")
         if header_length is not None and not header_length.isdigit():
             raise HttpError(400, f"Inference-Header-Content-Length must be a number of bytes, got {header_length!r}")
@@ -168,7 +168,7 @@ class Gateway:
         return await self._observed("predict", name, version, request, self._predict)
 
     async def _predict(self, ref: ModelRef, request: Request) -> JSONResponse:
-        files = await read_files(request, self._config.max_request_bytes)
+        files = await read_files(request, self._config.max_request_bytes, self._config.body_timeout_s)
         table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request)
         raw = "raw_output" in table.column_names  # ScoringOptions.raw_outputs, as in a batch row
         predictions = [
@@ -231,7 +231,8 @@ class Gateway:
         self._authorize(request)
         self._resolve(name, None)
         try:
-            policy = RoutingPolicy.model_validate_json(await read_body(request, self._config.max_request_bytes))
+            body = await read_body(request, self._config.max_request_bytes, self._config.body_timeout_s)
+            policy = RoutingPolicy.model_validate_json(body)
         except ValidationError as exc:
             raise HttpError(400, f"bad routing policy: {exc}") from None
         if missing := self._missing_versions(name, policy):

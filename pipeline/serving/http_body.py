@@ -7,6 +7,7 @@ not of files, so a chunked upload without ``Content-Length`` would otherwise hav
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncGenerator, Mapping
 
@@ -23,8 +24,19 @@ class HttpError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, at most ``limit`` bytes (413 past it); 400 if empty."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, at most ``limit`` bytes (413 past it) within ``timeout_s`` (408 past it); 400 if empty.
+
+    The time limit is for the whole body, so a client that trickles bytes (one a second keeps a plain read
+    alive forever) is cut off and its slot goes back to the others.
+    """
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
+    except TimeoutError:
+        raise HttpError(408, f"the request body did not arrive within {timeout_s:g} s") from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise HttpError(413, f"request body of {declared} bytes is over the {limit} limit")
@@ -39,9 +51,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_files(request: Request, limit: int) -> list[tuple[str, bytes]]:
+async def read_files(request: Request, limit: int, timeout_s: float) -> list[tuple[str, bytes]]:
     """(file name, bytes) for each file of a multipart upload, or the raw body as one file named ``image``."""
-    body = await read_body(request, limit)
+    body = await read_body(request, limit, timeout_s)
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return [("image", body)]
 
