@@ -15,27 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jobs.console import descendants
+
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants, from the ppid field of /proc/*/stat."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # comm may hold spaces and ')'
-            except (OSError, IndexError, ValueError):
-                continue  # exited while we looked
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
+    """``root`` and all its descendants (the walk ``streamscore`` itself uses to stop what it started)."""
+    return [root, *descendants(root)]
 
 
 def _tree_rss_mb(pids: list[int]) -> float:

@@ -46,10 +46,6 @@ class ModelVersion:
     def version(self) -> str:
         return self.manifest.version
 
-    @property
-    def ref(self) -> ModelRef:
-        return ModelRef(name=self.name, version=self.version)
-
 
 class ModelRepository:
     """Read-only access to a model repository root."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from operators._rows import errors_of
+from operators._rows import errors_of, ok_mask
 from operators.base import ERROR, Batch
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:
     """Convert a postprocessed batch into the prediction table (vectorized: no per-row dicts)."""
     n = len(batch["id"])
     errors = errors_of(batch)
-    ok = np.array([e is None for e in errors], dtype=bool)
+    ok = ok_mask(batch)
     top_index = batch["top_k_index"]
     k = top_index.shape[1] if top_index.ndim == 2 else 0
     labels = pa.array(model.labels, pa.string())

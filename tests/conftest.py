@@ -117,3 +117,11 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
     deploy(config, "127.0.0.1", port)
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # frees the replicas' CPUs for whatever runs next
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of the session's Serve app run last, whatever order files are named in: the app holds CPUs of
+    the shared 2-CPU Ray instance until the session ends, and a batch job planned after it would wait for them.
+    (The sort is stable, so pytest's grouping by layout is kept.)"""
+    items.sort(key=lambda item: "server" in getattr(item, "fixturenames", ()))

@@ -102,7 +102,7 @@ class Gateway:
         """Ready when every routed version of every model is loaded here and may take traffic. As the V2
         protocol says, 200 means ready and a 4xx not (with what is missing); a load starts for what is."""
         await self._refresh()
-        waiting = [ref for ref in self._routed() if not await self._version_ready(ref, load=True)]
+        waiting = await self._not_ready(self._routed(), load=True)
         if waiting:
             return JSONResponse({"ready": False, "waiting_for": [str(r) for r in waiting]}, status_code=400)
         return JSONResponse({"ready": True})
@@ -127,12 +127,12 @@ class Gateway:
         if version is None:
             self._resolve(name, None)  # 404 for a model that is not there
             refs = [ref for ref in self._routed() if ref.name == name]
-            ready = all([await self._version_ready(ref, load=True) for ref in refs])
+            ready = not await self._not_ready(refs, load=True)
             body: dict[str, Any] = {"name": name, "versions": [r.version for r in refs], "ready": ready}
             return JSONResponse(body, status_code=200 if ready else 400)
         ref = self._resolve(name, version)
         state = self._snapshot.state_of(ref)
-        ready = await self._version_ready(ref, load=ref in self._routed())
+        ready = not await self._not_ready([ref], load=ref in self._routed())
         body = {"name": name, "version": ref.version, "ready": ready, "state": state.state}
         return JSONResponse(body | ({"error": state.error} if state.error else {}), status_code=200 if ready else 400)
 
@@ -258,19 +258,19 @@ class Gateway:
             refs += [ModelRef(name=name, version=v) for v in versions]
         return refs
 
-    async def _version_ready(self, ref: ModelRef, load: bool) -> bool:
-        """Loaded here (both halves) and routable. With ``load``, a routable version that is not loaded starts
-        loading (only routed versions are asked to: loading others would evict routed ones)."""
-        if not self._snapshot.state_of(ref).routable:
-            return False
-        if ref in await self._scorer.loaded() and ref in self._graphs.cached():
-            return True
-        if load and ref not in self._loading:
-            self._loading.add(ref)
-            task = asyncio.get_running_loop().create_task(self._load_quietly(ref))
-            self._tasks.add(task)  # held: the loop keeps only a weak reference to a task
-            task.add_done_callback(self._tasks.discard)
-        return False
+    async def _not_ready(self, refs: list[ModelRef], load: bool) -> list[ModelRef]:
+        """Those of ``refs`` not loaded here (both halves) or not routable (one call to the scorer). With
+        ``load``, a routable one that is not loaded starts loading (only routed versions are asked to: loading
+        others would evict routed ones)."""
+        loaded = set(await self._scorer.loaded()) & set(self._graphs.cached())
+        waiting = [ref for ref in refs if ref not in loaded or not self._snapshot.state_of(ref).routable]
+        for ref in waiting:
+            if load and self._snapshot.state_of(ref).routable and ref not in self._loading:
+                self._loading.add(ref)
+                task = asyncio.get_running_loop().create_task(self._load_quietly(ref))
+                self._tasks.add(task)  # held: the loop keeps only a weak reference to a task
+                task.add_done_callback(self._tasks.discard)
+        return waiting
 
     async def _load_quietly(self, ref: ModelRef) -> None:
         try:
