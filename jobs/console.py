@@ -55,7 +55,8 @@ def models_dir(args: argparse.Namespace) -> str:
 INTERRUPTED = "streamscore: interrupted; no output was published"
 # After Ctrl-C the command gets this long to unwind (Ray shutting down its local instance included); then, or
 # at a second Ctrl-C, it exits at once. Seen here: a Ctrl-C that landed inside ray.init was swallowed there,
-# and the run then hung; a user's Ctrl-C must end the command whatever it interrupts.
+# and the run then hung; one that landed in logging's at-fork handler was swallowed by Python itself, which
+# printed "Exception ignored ... Traceback". A user's Ctrl-C must end the command whatever it interrupts.
 INTERRUPT_GRACE_S = 10.0
 _interrupted = threading.Event()
 _said = threading.Lock()
@@ -65,6 +66,7 @@ def run_command(command: Callable[[], int]) -> int:
     """Run ``command`` and turn our errors and Ctrl-C into one line and an exit status."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_interrupt)
+        sys.unraisablehook = _exit_if_interrupt_swallowed
     try:
         return command()
     except StreamScoreError as exc:
@@ -83,6 +85,15 @@ def _on_interrupt(signum: int, frame: object) -> None:
     watchdog.daemon = True
     watchdog.start()
     raise KeyboardInterrupt
+
+
+def _exit_if_interrupt_swallowed(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python cannot raise out of a fork handler, ``__del__`` or a weakref callback: it reports the exception
+    and goes on. Our Ctrl-C landing there would then be lost (and its traceback printed), so end the command
+    at once instead; every other unraisable exception is reported as Python would."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _interrupted.is_set():
+        _exit_now()
+    sys.__unraisablehook__(unraisable)
 
 
 def _say_interrupted() -> None:
