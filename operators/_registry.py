@@ -6,6 +6,7 @@ known ones, and parameters are validated when a graph is built, so mistakes surf
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,6 +54,11 @@ def registered_names() -> list[str]:
 
 def create(spec: OperatorSpec) -> Operator:
     """Build an operator from its spec, validating the parameters (cheap: heavy set-up is in ``setup``)."""
+    if spec.module is not None:
+        try:
+            importlib.import_module(spec.module)
+        except ImportError as exc:
+            raise ConfigError(f"operator {spec.name!r}: cannot import its module {spec.module!r}: {exc}") from exc
     cls = operator_class(spec.name)
     try:
         params: Any = cls.Params.model_validate(spec.params)

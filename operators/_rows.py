@@ -70,6 +70,16 @@ def with_errors(batch: Batch, errors: np.ndarray, drop: tuple[str, ...] = (), /,
     return with_columns(batch, drop, **columns, **{ERROR: errors})
 
 
+def one_row(batch: Batch, i: int) -> Batch:
+    """Row ``i`` of ``batch`` as a batch of one (views, no copies)."""
+    return {name: column[i : i + 1] for name, column in batch.items()}
+
+
+def concatenate(batches: list[Batch]) -> Batch:
+    """The rows of ``batches`` (same columns, at least one batch) as one batch."""
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
 def object_array(values: list[Any]) -> np.ndarray:
     """A 1-D object array (``np.array`` would try to stack equal-shaped images into one block)."""
     out = np.empty(len(values), dtype=object)

@@ -32,12 +32,17 @@ class Params(BaseModel):
 
 
 class OperatorSpec(BaseModel):
-    """An operator recorded by name and parameters, built later where it runs (on a Ray worker)."""
+    """An operator recorded by name and parameters, built later where it runs (on a Ray worker).
+
+    ``module`` names the Python module that registers an operator from outside this library (a model's own
+    step); it is imported wherever the spec is built, so Ray workers and Serve replicas find it too.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+    module: str | None = None
 
 
 ANY_RANK = "..."

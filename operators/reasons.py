@@ -23,6 +23,7 @@ class Reason(StrEnum):
     RESIZE_FAILED = "resize_failed"
     CROP_FAILED = "crop_failed"
     INFERENCE_FAILED = "inference_failed"
+    WORKER_CRASHED = "worker_crashed"
 
     def row_error(self, detail: str) -> str:
         """The ``error`` value of a row that failed for this reason (bounded: details can be long)."""

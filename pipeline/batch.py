@@ -20,6 +20,7 @@ import pyarrow as pa
 from common.errors import ErrorBudgetExceeded, LostRowsError, ModelLoadError, WorkerCrashedError
 from operators.base import ERROR, Batch, OperatorSpec
 from pipeline.graph import Graph, Stage
+from pipeline.isolation import MAX_TASK_RETRIES, IsolatingStage, start_journal
 from pipeline.models import ModelVersion
 from pipeline.output import predictions_table
 from pipeline.planner import ResourcePlan
@@ -48,8 +49,8 @@ def _as_source_batch(batch: Batch, rename: dict[str, str]) -> Batch:
 class PreprocessActor:
     """Split layout, CPU side: source rows -> uint8 pixels (+ id, error)."""
 
-    def __init__(self, specs: tuple[OperatorSpec, ...], rename: dict[str, str]) -> None:
-        self._stage = Stage(specs)
+    def __init__(self, specs: tuple[OperatorSpec, ...], rename: dict[str, str], journal: Any) -> None:
+        self._stage = IsolatingStage(Stage(preprocess=specs), journal, "preprocess")
         self._rename = rename
 
     def __call__(self, batch: Batch) -> Batch:
@@ -60,9 +61,9 @@ class PreprocessActor:
 class InferenceActor:
     """Split layout, model side: pixels -> prediction table."""
 
-    def __init__(self, specs: tuple[OperatorSpec, ...], model: ModelVersion, device: str) -> None:
+    def __init__(self, specs: tuple[OperatorSpec, ...], model: ModelVersion, device: str, journal: Any) -> None:
         _check_assigned_gpus(device)
-        self._stage = Stage(specs)
+        self._stage = IsolatingStage(Stage(inference=specs), journal, "inference")
         self._model = model
 
     def __call__(self, batch: Batch) -> pa.Table:
@@ -72,24 +73,22 @@ class InferenceActor:
 class FusedActor:
     """Fused layout: source rows -> prediction table in one process (read, decode, preprocess, infer)."""
 
-    def __init__(
-        self, specs: tuple[OperatorSpec, ...], model: ModelVersion, device: str, rename: dict[str, str]
-    ) -> None:
+    def __init__(self, graph: Graph, device: str, rename: dict[str, str], journal: Any) -> None:
         _check_assigned_gpus(device)
-        self._stage = Stage(specs)
-        self._model = model
+        self._stage = IsolatingStage(Stage(graph.preprocess, graph.inference), journal, "fused")
+        self._model = graph.model
         self._rename = rename
 
     def __call__(self, batch: Batch) -> pa.Table:
         return predictions_table(self._stage(_as_source_batch(batch, self._rename)), self._model)
 
 
-# Ray Data restarts a dead actor forever by default, and passes actor arguments through the object store, which
-# with restarts makes Ray log an ERROR on every run (ray-project/ray#53727). A dead actor (OOM kill, crash in a
-# native decoder) ends the run with WorkerCrashedError instead of a retry loop that may never end.
-# Ray 2.60 takes max_restarts only through ray_remote_args, which it warns is deprecated (no named parameter
-# replaces it yet), hence _map_batches.
-ACTOR_FAULT_POLICY: dict[str, Any] = {"max_restarts": 0}
+# Ray Data restarts a dead actor and retries its task forever by default: a row that kills its worker (OOM kill,
+# crash in a native decoder) would loop without end. Tasks are retried a bounded number of times instead, which
+# is what pipeline.isolation needs to find such a row; a block that kills its worker more often than that ends
+# the run with WorkerCrashedError. Ray 2.60 takes these only through ray_remote_args, which it warns is
+# deprecated (no named parameter replaces them yet), hence _map_batches.
+ACTOR_FAULT_POLICY: dict[str, Any] = {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
 
 
 def _map_batches(dataset: Any, fn: Any, **kwargs: Any) -> Any:
@@ -142,14 +141,14 @@ def source_dataset(source: Source, plan: ResourcePlan) -> tuple[Any, dict[str, s
     return dataset, {source.id_column: "id", source.bytes_column: "bytes"}
 
 
-def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename: dict[str, str]) -> Any:
+def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename: dict[str, str], journal: Any) -> Any:
     """Split layout, first half: rows -> ``id``, ``pixels`` (Arrow fixed-shape uint8 tensor), ``error``."""
     import ray.data
 
     return _map_batches(
         dataset,
         PreprocessActor,
-        fn_constructor_args=(graph.preprocess, rename),
+        fn_constructor_args=(graph.preprocess, rename, journal),
         compute=ray.data.ActorPoolStrategy(size=plan.preprocess_actors),
         num_cpus=plan.cpus_per_preprocess_actor,
         batch_size=plan.batch_size,
@@ -157,8 +156,8 @@ def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename:
     )
 
 
-def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
-    """The Ray Data plan (lazy): source -> actors -> prediction tables."""
+def build_dataset(graph: Graph, source: Source, plan: ResourcePlan, journal: Any) -> Any:
+    """The Ray Data plan (lazy): source -> actors -> prediction tables; ``journal``: a CrashJournal actor."""
     import ray.data
 
     tune_data_context()
@@ -173,14 +172,12 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan) -> Any:
     if plan.gpus_per_inference_actor:
         infer_args["num_gpus"] = plan.gpus_per_inference_actor
     if plan.layout == "fused":
-        specs = device_graph.preprocess + device_graph.inference
         return _map_batches(
-            dataset, FusedActor, fn_constructor_args=(specs, graph.model, plan.device, rename), **infer_args
+            dataset, FusedActor, fn_constructor_args=(device_graph, plan.device, rename, journal), **infer_args
         )
-    pixels = preprocessed_dataset(dataset, device_graph, plan, rename)
-    return _map_batches(
-        pixels, InferenceActor, fn_constructor_args=(device_graph.inference, graph.model, plan.device), **infer_args
-    )
+    pixels = preprocessed_dataset(dataset, device_graph, plan, rename, journal)
+    infer_actor_args = (device_graph.inference, graph.model, plan.device, journal)
+    return _map_batches(pixels, InferenceActor, fn_constructor_args=infer_actor_args, **infer_args)
 
 
 def run_batch(
@@ -207,22 +204,29 @@ def run_batch(
     first_s: float | None = None
     first_rows = 0
     logger.info("scoring with %s", plan.describe())
+    import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError
 
+    journal = start_journal()
     try:
-        for table in build_dataset(graph, source, plan).iter_batches(batch_size=None, batch_format="pyarrow"):
+        dataset = build_dataset(graph, source, plan, journal)
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
             writer.write(table)
             if first_s is None and table.num_rows:
                 first_s, first_rows = time.perf_counter() - start, table.num_rows
             if on_progress is not None:
                 on_progress(writer.rows, writer.error_rows)
     except (ActorDiedError, ActorUnavailableError) as exc:
+        deadly = ray.get(journal.deadly_rows.remote())
+        named = f"; rows a worker died on: {', '.join(deadly[:10])}" if deadly else ""
         raise WorkerCrashedError(
-            f"a scoring actor died after {writer.rows} rows ({type(exc).__name__}); nothing was published in "
-            f"{output_uri} (the next run replaces this attempt): {str(exc).strip().splitlines()[0][:300]}"
+            f"a scoring actor died after {writer.rows} rows, more often than its {MAX_TASK_RETRIES} retries allow "
+            f"({type(exc).__name__}){named}; nothing was published in {output_uri} (the next run replaces this "
+            f"attempt): {str(exc).strip().splitlines()[0][:300]}"
         ) from exc
     finally:
         writer.close()
+        ray.kill(journal)
     summary = RunSummary(
         input_rows=input_rows,
         rows=writer.rows,

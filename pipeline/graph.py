@@ -16,7 +16,7 @@ import pyarrow as pa
 
 import operators
 from common.errors import ContractError
-from operators._rows import errors_of, object_array
+from operators._rows import batch_length, concatenate, errors_of, object_array, one_row
 from operators.base import ERROR, ERROR_COLUMN, Batch, Column, Operator, OperatorSpec
 from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository, ModelVersion
@@ -56,20 +56,35 @@ class Graph:
     @functools.cached_property
     def _in_process_stage(self) -> Stage:
         # Built once per graph: building operators opens the ONNX Runtime session, tens of milliseconds.
-        return Stage(self.preprocess + self.inference)
+        return Stage(self.preprocess, self.inference)
 
 
 class Stage:
-    """Operators built from specs, run in order; built where it runs (a Ray actor or this process)."""
+    """Operators built from specs, run in order; built where it runs (a Ray actor or this process).
 
-    def __init__(self, specs: Sequence[OperatorSpec]) -> None:
-        self.operators: list[Operator] = [operators.create(s) for s in specs]
-        for op in self.operators:
+    ``preprocess`` operators run on one row at a time, so a worker holds at most one full-size decoded image
+    (plus its resize) however large the batch; what they hand on is model-sized. ``inference`` operators then
+    run on the whole batch, which is what the model wants.
+    """
+
+    def __init__(self, preprocess: Sequence[OperatorSpec] = (), inference: Sequence[OperatorSpec] = ()) -> None:
+        self._per_row = [operators.create(s) for s in preprocess]
+        self._per_batch = [operators.create(s) for s in inference]
+        for op in self._per_row + self._per_batch:
             op.setup()
 
     def __call__(self, batch: Batch) -> Batch:
         batch = {**batch, ERROR: errors_of(batch)}
-        for op in self.operators:
+        rows = batch_length(batch)
+        if self._per_row and rows > 1:
+            batch = concatenate([self._run(self._per_row, one_row(batch, i)) for i in range(rows)])
+        else:
+            batch = self._run(self._per_row, batch)
+        return self._run(self._per_batch, batch)
+
+    @staticmethod
+    def _run(ops: Sequence[Operator], batch: Batch) -> Batch:
+        for op in ops:
             batch = op(batch)
         return batch
 
@@ -146,6 +161,7 @@ def graph_for_model(model: ModelVersion, options: ScoringOptions, *, read_files:
             name="center_crop",
             params={"height": m.input.height, "width": m.input.width, "channels": m.input.channels},
         ),
+        *m.preprocess.operators,
     ]
     if read_files:
         preprocess.insert(0, OperatorSpec(name="read_bytes", params={"max_file_bytes": options.max_file_bytes}))

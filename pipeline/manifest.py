@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from operators.base import OperatorSpec
 from operators.resize import Interpolation
 
 
@@ -34,12 +35,17 @@ class InputSpec(_Frozen):
 
 
 class PreprocessSpec(_Frozen):
-    """Resize the shorter side (aspect kept), centre-crop to the input size, then normalize."""
+    """Resize the shorter side (aspect kept), centre-crop to the input size, then normalize.
+
+    ``operators`` are a model's own steps, run in order on the cropped uint8 ``pixels`` before normalize
+    (registered operators; ``module`` imports one from the user's package).
+    """
 
     resize_shorter: int = Field(gt=0)
     interpolation: Interpolation = "bilinear"
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    operators: tuple[OperatorSpec, ...] = ()
 
     @model_validator(mode="after")
     def _std_positive(self) -> PreprocessSpec:

@@ -13,6 +13,7 @@ import pytest
 from common.errors import ErrorBudgetExceeded, InputError
 from pipeline.batch import preprocessed_dataset, run_batch, source_dataset
 from pipeline.graph import build_graph
+from pipeline.isolation import start_journal
 from pipeline.options import ScoringOptions
 from pipeline.planner import ResourceOverrides, plan_resources
 from pipeline.sources import detect_source
@@ -90,7 +91,7 @@ def test_pixels_cross_as_uint8_arrow_tensors(ray_cluster, repository, digit_file
     source = detect_source(str(digit_files[0][0].parent))
     plan = plan_resources(ray_cluster, ResourceOverrides(layout="split"))
     dataset, rename = source_dataset(source, plan)
-    block = preprocessed_dataset(dataset, graph, plan, rename).take_batch(8, batch_format="pyarrow")
+    block = preprocessed_dataset(dataset, graph, plan, rename, start_journal()).take_batch(8, batch_format="pyarrow")
     pixels = block.schema.field("pixels").type
     assert isinstance(pixels, ArrowTensorTypeV2) and pixels.shape == (8, 8, 1) and pixels.value_type == pa.uint8()
     assert set(block.schema.names) == {"id", "pixels", "error"}  # no encoded bytes, no Python objects

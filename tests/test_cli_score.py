@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
+from pipeline.graph import build_graph
 from pipeline.models import ModelRepository
 from tests.conftest import MODELS_DIR, REPO, wait_for
 from tests.processes import (
@@ -72,8 +75,10 @@ def test_score_demo_images(streamscore, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert len(run.ray_sessions) == 1  # proves the no-Ray checks below can see a Ray start
     # A clean run logs no ERROR line (Ray's core worker writes "[... E pid tid] file.cc:line") and, not on a
-    # terminal, no colour codes.
-    assert not [line for line in run.stderr.splitlines() if " ERROR " in line or re.match(r"\[.* E \d+ \d+\]", line)]
+    # terminal, no colour codes. One is Ray's, once per run, documented in the README: its actors' arguments
+    # sit in the object store while they may restart (ray-project/ray#53727), which Ray Data always does.
+    errors = [line for line in run.stderr.splitlines() if " ERROR " in line or re.match(r"\[.* E \d+ \d+\]", line)]
+    assert [line for line in errors if "ray-project/ray/issues/53727" not in line] == []
     assert "\x1b[" not in run.stderr + run.stdout
 
     rows = {row["id"]: row for row in read_output(out)}
@@ -204,31 +209,45 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path) -> None:
     assert stderr.strip().splitlines()[-1] == "streamscore: interrupted; no output was published"
 
 
-def test_a_worker_killed_mid_run_ends_the_run_with_a_message_not_a_retry_loop(tmp_path: Path) -> None:
-    """SIGKILL of a scoring actor's process (as the OOM killer would): exit 2 and one closing line saying the
-    output is incomplete, instead of Ray Data restarting the actor without end."""
+def test_scoring_actors_killed_mid_run_lose_no_row_and_change_no_prediction(tmp_path: Path, photos) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of both scoring actors' processes, one after the other (as the OOM killer would): Ray restarts
+    them and retries their blocks, and the run completes with every row exactly once, each prediction equal to
+    an undisturbed run of the same graph."""
     ray_tmpdir = short_tmp_dir("ss-kill-")
-    out = tmp_path / "out"
-    run = _start_score(_coffees(tmp_path / "images", 600), out, ray_tmpdir, capture=True)
+    out, images = tmp_path / "out", tmp_path / "images"
+    images.mkdir()
+    names = sorted(photos)
+    for i in range(600):
+        Image.fromarray(photos[names[i % len(names)]]).save(images / f"{i}-{names[i % len(names)]}.jpg", quality=90)
+    run = _start_score(images, out, ray_tmpdir, capture=True)
 
     def scoring_actors() -> list[int]:
         return [pid for pid in descendants(run.pid) if "MapWorker" in _cmdline(pid)]
 
     try:
-        # Once the first predictions are written, an actor is mid-run.
+        # Once the first predictions are written, the actors are mid-run.
         wait_for(lambda: (out / "_staging" / "part-00000.parquet").exists() or run.poll() is not None, 120, 0.05)
         victims = scoring_actors()
-        assert run.poll() is None and victims, "the run ended before an actor could be killed"
+        assert run.poll() is None and len(victims) == 2, "the run ended before its actors could be killed"
         os.kill(victims[0], signal.SIGKILL)
-        stdout, stderr = run.communicate(timeout=120)
+        wait_for(lambda: bool(set(scoring_actors()) - set(victims)) or run.poll() is not None, 60, 0.05)
+        assert run.poll() is None, "the run ended before the second kill"
+        os.kill(victims[1], signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=300)
     finally:
         if run.poll() is None:
             run.kill()
         shutil.rmtree(ray_tmpdir, ignore_errors=True)
-    assert run.returncode == 2, stderr[-3000:]
-    last = stderr.strip().splitlines()[-1]
-    assert last.startswith("streamscore: error: a scoring actor died after ") and "nothing was published" in last, last
-    assert not list(out.glob("*.parquet")) and not (out / "_SUCCESS").exists()  # readers see no dataset
+    assert run.returncode == 0, stderr[-3000:]
+    rows = pq.read_table(out).to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(p.name for p in images.iterdir())  # each row exactly once
+    graph = build_graph(MODEL, ModelRepository(str(MODELS_DIR)))
+    undisturbed = graph.run([(images / f"{i}-{name}.jpg").read_bytes() for i, name in enumerate(names)], names)
+    expected = {r["id"]: r for r in undisturbed.to_pylist()}
+    for row in rows:
+        reference = expected[row["id"].split("-", 1)[1].removesuffix(".jpg")]
+        assert row["error"] is None and row["label"] == reference["label"], row
+        assert row["score"] == pytest.approx(reference["score"], abs=1e-5)
 
 
 def _cmdline(pid: int) -> str:

@@ -72,7 +72,9 @@ class GraphCache:
         graph = graph_for_model(model, self._options).on_device(self._device)
         if self._half == "inference":  # a request is answered whole or refused, never with rows of errors
             graph = graph.with_infer_params(on_error="raise")
-        return graph, Stage(graph.preprocess if self._half == "preprocess" else graph.inference)
+        if self._half == "preprocess":
+            return graph, Stage(preprocess=graph.preprocess)
+        return graph, Stage(inference=graph.inference)
 
     def cached(self) -> list[ModelRef]:
         """The versions held now, least recently used first."""
