@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -16,23 +15,11 @@ from common.errors import WorkerCrashedError
 from pipeline.batch import run_batch
 from pipeline.graph import build_graph
 from pipeline.isolation import MAX_TASK_RETRIES
-from pipeline.models import ModelRepository
 from pipeline.planner import ResourceOverrides, plan_resources
 from pipeline.sources import detect_source
-from tests.conftest import MODELS_DIR
-from tests.crash_operator import KILL_GREY, SEGFAULT_GREY
+from tests.crash_operator import KILL_GREY, SEGFAULT_GREY, crashing_repository
 
 pytestmark = pytest.mark.slow
-
-
-def crashing_repository(root: Path) -> ModelRepository:
-    """digits with the test-only crash step in its manifest, as a model's own operator."""
-    shutil.copytree(MODELS_DIR / "digits" / "1", root / "digits" / "1")
-    manifest_path = root / "digits" / "1" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["preprocess"]["operators"] = [{"name": "crash_on_marker", "module": "tests.crash_operator"}]
-    manifest_path.write_text(json.dumps(manifest))
-    return ModelRepository(str(root))
 
 
 def _grey(path: Path, value: int) -> Path:

@@ -7,6 +7,7 @@ import base64
 import concurrent.futures
 import io
 import json
+import urllib.error
 import urllib.request
 import uuid
 
@@ -288,3 +289,51 @@ def test_non_default_options_answer_as_the_batch_graph(server: str, repository, 
         assert status == 400 and body["error"] == f"image: {batch['large']['error']}", body
     finally:
         serve.delete("options")
+
+
+def _post(url: str, body: bytes) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_a_request_that_kills_its_replica_fails_alone_and_the_replica_is_replaced(server: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A second app whose model has the test-only crash step: the request whose image SIGKILLs its gateway
+    replica fails (the replica is gone), the other replica answers everything after it, and Serve replaces the
+    dead one."""
+    from ray import serve
+
+    from pipeline.serving.app import build_app
+    from pipeline.serving.config import ServeConfig
+    from tests.conftest import wait_for
+    from tests.crash_operator import KILL_GREY, crashing_repository
+
+    def png(grey: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((32, 32), grey, dtype=np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def replicas_running() -> dict:
+        return dict(serve.status().applications["poison"].deployments["Gateway"].replica_states)
+
+    repository = crashing_repository(tmp_path / "models")
+    config = ServeConfig(models_dir=repository.root, topology="fused", replicas=2,
+                         preprocess_cpus=0.1, scorer_cpus=0.1)  # fmt: skip
+    serve.run(build_app(config), name="poison", route_prefix="/poison")
+    url = f"{server}/poison/predict/digits"
+    try:
+        assert _post(url, png(100))[0] == 200
+        try:  # the proxy answers 500, or closes the connection (seen with both): no reason can reach the client
+            status, body = _post(url, png(KILL_GREY))
+        except ConnectionError as exc:
+            status, body = 0, repr(exc).encode()
+        assert status == 0 or 500 <= status < 600, (status, body)
+        after = [_post(url, png(100))[0] for _ in range(20)]  # at once: the surviving replica takes them
+        assert after == [200] * 20
+        wait_for(lambda: replicas_running() == {"RUNNING": 2}, 120, 0.5)
+        assert [_post(url, png(100))[0] for _ in range(10)] == [200] * 10
+        assert request_json(f"{server}/v2/health/ready")[0] == 200  # the session's app never noticed
+    finally:
+        serve.delete("poison")
