@@ -26,15 +26,16 @@ def _process_tree(root: int) -> list[int]:
     return [root, *descendants(root)]
 
 
-def _tree_rss_mb(pids: list[int]) -> float:
-    rss = 0
+def _rss_mb(pids: list[int]) -> list[float]:
+    """RSS of each process of ``pids`` that is still there."""
+    found = []
     for pid in pids:
         try:
             with open(f"/proc/{pid}/statm") as f:
-                rss += int(f.read().split()[1]) * _PAGE
+                found.append(int(f.read().split()[1]) * _PAGE / 2**20)
         except (OSError, IndexError, ValueError):
             continue  # exited while we looked
-    return rss / 2**20
+    return found
 
 
 def _tree_pss_mb(pids: list[int]) -> float:
@@ -52,17 +53,19 @@ def _tree_pss_mb(pids: list[int]) -> float:
 
 
 def measure(cmd: list[str], log: Path, timeout_s: float) -> dict[str, Any]:
-    """Run ``cmd`` in its own session, sampling its tree's RSS every 0.1 s; return wall time and peaks."""
+    """Run ``cmd`` in its own session, sampling its tree's RSS every 0.1 s; return wall time and peaks: of the
+    tree, and of its largest process (a worker's own footprint)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    peak_rss = peak_pss = 0.0
+    peak_rss = peak_pss = peak_process = 0.0
     with log.open("w") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
         last_pss, pss_due = 0.0, False
         while proc.poll() is None:
             pids = _process_tree(proc.pid)
-            rss = _tree_rss_mb(pids)  # ~2 ms per sample: cheap enough to take every 0.1 s
+            each = _rss_mb(pids)  # ~2 ms per sample: cheap enough to take every 0.1 s
+            rss, peak_process = sum(each), max([peak_process, *each])
             # PSS after each new RSS peak (+1%), at most every 0.2 s: the peaks coincide, and the
             # steady state, when RSS stops rising, costs nothing.
             pss_due = pss_due or rss > peak_rss * 1.01
@@ -77,7 +80,12 @@ def measure(cmd: list[str], log: Path, timeout_s: float) -> dict[str, Any]:
                 return {"error": f"timed out after {timeout_s:.0f} s; log in {log}"}
             time.sleep(0.1)
         wall_s = time.perf_counter() - start
-    result: dict[str, Any] = {"wall_s": wall_s, "peak_rss_mb": peak_rss, "peak_pss_mb": peak_pss}
+    result: dict[str, Any] = {
+        "wall_s": wall_s,
+        "peak_rss_mb": peak_rss,
+        "peak_pss_mb": peak_pss,
+        "peak_process_rss_mb": peak_process,
+    }
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         result["error"] = f"exit code {proc.returncode}: {' | '.join(tail)[-600:]} (log: {log})"
