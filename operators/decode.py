@@ -8,10 +8,12 @@ Both read the header with Pillow first: format allow-list and pixel limit are ch
 
 from __future__ import annotations
 
+import io
 from typing import Literal
 
 import cv2
 import numpy as np
+from PIL import Image
 from pydantic import Field
 
 from operators import _imaging
@@ -99,6 +101,16 @@ class Decode(Operator):
         if decoded.ndim == 2:
             return decoded[:, :, None]
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+
+def declared_pixels(data: bytes) -> int:
+    """Width x height as the image's header declares it (no pixels decoded); 0 when it is not an image, or one
+    Pillow will not even open (a decompression bomb, which decode refuses per image)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return int(image.size[0]) * int(image.size[1])
+    except Exception:  # noqa: BLE001 - not an image: decode gives its reason later
+        return 0
 
 
 _REDUCED_FLAGS = {

@@ -8,6 +8,7 @@ two lists of operator specs, so preprocessing cannot drift between them.
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -59,6 +60,10 @@ class Graph:
         return Stage(self.preprocess, self.inference)
 
 
+class Abandoned(Exception):
+    """The caller of a stage stopped waiting for it."""
+
+
 class Stage:
     """Operators built from specs, run in order; built where it runs (a Ray actor or this process).
 
@@ -73,11 +78,18 @@ class Stage:
         for op in self._per_row + self._per_batch:
             op.setup()
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: Batch, stop: threading.Event | None = None) -> Batch:
+        """Run the stage; a caller that gives up on the batch (a request past its time) sets ``stop``, and the
+        rows not yet started are not (``Abandoned`` is raised)."""
         batch = {**batch, ERROR: errors_of(batch)}
         rows = batch_length(batch)
         if self._per_row and rows > 1:
-            batch = concatenate([self._run(self._per_row, one_row(batch, i)) for i in range(rows)])
+            done = []
+            for i in range(rows):
+                if stop is not None and stop.is_set():
+                    raise Abandoned(f"stopped after {i} of {rows} rows")
+                done.append(self._run(self._per_row, one_row(batch, i)))
+            batch = concatenate(done)
         else:
             batch = self._run(self._per_row, batch)
         return self._run(self._per_batch, batch)

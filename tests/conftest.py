@@ -106,6 +106,7 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
         models_dir=str(served_repository),
         max_request_bytes=3_000_000,
         max_images_per_request=4,
+        max_pixels_per_request=3_000_000,
         body_timeout_s=2.0,
         topology=topology,
         preprocess_cpus=0.25,

@@ -140,3 +140,19 @@ def test_io_binding_and_chunked_calls_equal_one_plain_run(repository, photo_jpeg
     assert expected.shape == (5, 1000) and np.isfinite(expected[[0, 1, 3, 4]]).all() and np.isnan(expected[2]).all()
     np.testing.assert_allclose(bound(batch)["output"], expected, atol=1e-5)
     np.testing.assert_allclose(chunked(batch)["output"], expected, atol=1e-5, equal_nan=True)
+
+
+def test_a_stage_given_up_on_starts_no_more_rows(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    """A request past its time sets ``stop``: the rows not yet begun are skipped (a 504 stops using CPU)."""
+    import threading
+
+    from operators._rows import object_array
+    from pipeline.graph import Abandoned, Stage
+
+    stage = Stage(preprocess=build_graph("efficientnet-lite0", repository).preprocess)
+    batch = {"id": object_array(["a", "b", "c"]), "bytes": object_array([photo_jpegs["coffee"]] * 3)}
+    assert stage(batch, threading.Event())["pixels"].shape == (3, 224, 224, 3)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Abandoned, match="stopped after 0 of 3 rows"):
+        stage(batch, stop)

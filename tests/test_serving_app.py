@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -181,16 +183,27 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     v2 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [5], "data": five}]}
     status, _, body = request_json(f"{server}/v2/models/{MODEL}/infer", json.dumps(v2).encode())
     assert status == 413 and "holds 5 images, over the limit of 4" in body["error"], body
-    # A client that stalls mid-body is cut off with 408 once its time is up; others are served meanwhile.
-    stalled = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
-    stalled.putrequest("POST", f"/predict/{MODEL}")
-    stalled.putheader("Content-Length", "100000")
-    stalled.endheaders()
-    stalled.send(b"\xff\xd8" + b"0" * 1000)
-    assert request_json(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
-    response = stalled.getresponse()
-    assert response.status == 408 and b"did not arrive within 2 s" in response.read()
-    stalled.close()
+    wide = io.BytesIO()
+    Image.new("RGB", (2000, 2000), (90, 60, 30)).save(wide, "PNG")  # 4 megapixels in a few kB
+    status, _, body = request_json(f"{server}/predict/{MODEL}", wide.getvalue())
+    assert status == 413 and "declare 4,000,000 pixels together, over the limit of 3,000,000" in body["error"], body
+    # A client that stalls mid-body, or trickles it, is cut off with 408 after the one-second grace, once its
+    # body falls under the minimum rate; others are served meanwhile.
+    for pause_s in (None, 0.1):  # stalled; one byte every 0.1 s
+        slow = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        slow.putrequest("POST", f"/predict/{MODEL}")
+        slow.putheader("Content-Length", "100000")
+        slow.endheaders()
+        slow.send(b"\xff\xd8" + b"0" * 1000)
+        assert request_json(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
+        if pause_s:
+            with contextlib.suppress(OSError):  # the server hangs up once it has answered
+                for _ in range(30):
+                    slow.send(b"0")
+                    time.sleep(pause_s)
+        response = slow.getresponse()
+        assert response.status == 408 and b"arrives too slowly" in response.read()
+        slow.close()
     # The replicas survived all of that.
     assert request_json(f"{server}/predict/{MODEL}", photo_jpegs["coffee"])[0] == 200
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from common.errors import ConfigError
 from pipeline.options import ScoringOptions
+from pipeline.serving.http_body import BodyLimits
 from pipeline.serving.routing import RoutingPolicy
 
 
@@ -32,8 +33,14 @@ class ServeConfig(BaseModel):
     # Images in one request (V2 or multipart): each is decoded at full size before it is cropped, so a
     # request's memory grows with this count (413 past it).
     max_images_per_request: int = Field(default=64, ge=1)
-    # A request's whole body must arrive within this (408 past it): slow or stalled clients give their slot back.
+    # Pixels the images of one request declare together (413 past it): what bounds a request's decode memory.
+    max_pixels_per_request: int = Field(default=200_000_000, ge=1)
+    # A request's whole body must arrive within this, and after its first second at min_body_bytes_per_s (408
+    # otherwise): slow or stalled clients give their slot back. At most max_concurrent_body_reads bodies are
+    # read at once per gateway replica, so bodies in memory stay under that many max_request_bytes.
     body_timeout_s: float = Field(default=10.0, gt=0)
+    min_body_bytes_per_s: float = Field(default=65_536, gt=0)
+    max_concurrent_body_reads: int = Field(default=16, ge=1)
     # Past this many waiting requests a deployment refuses more (503 + Retry-After), instead of queueing
     # without bound; each request may also take at most request_timeout_s (504).
     max_queued_requests: int = Field(default=256, ge=1)
@@ -67,6 +74,11 @@ class ServeConfig(BaseModel):
         if self.topology == "fused" and (self.scorer_replicas or self.scorer_autoscaling):
             raise ConfigError("scorer_replicas and scorer_autoscaling size the Scorer of the split topology")
         return self
+
+    def body_limits(self) -> BodyLimits:
+        return BodyLimits(
+            max_bytes=self.max_request_bytes, timeout_s=self.body_timeout_s, min_bytes_per_s=self.min_body_bytes_per_s
+        )
 
     def for_cluster(self, resources: dict[str, float]) -> ServeConfig:
         """This config with GPUs, topology and replica counts settled for a cluster's ``resources`` (as

@@ -11,6 +11,7 @@ import asyncio
 import hmac
 import logging
 import random
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,8 +34,9 @@ from pipeline.models import ModelRepository
 from pipeline.serving import v2
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import STATE_REFRESH_S, ControlSnapshot, VersionState
-from pipeline.serving.http_body import HttpError, read_body, read_files, request_timeout_s
+from pipeline.serving.http_body import BodyReader, HttpError, request_timeout_s
 from pipeline.serving.metrics import PUSH_INTERVAL_S, GatewayMetrics
+from pipeline.serving.request_limits import check_request_images
 from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, RemoteScorer, ScorerClient
 
@@ -66,6 +68,7 @@ class Gateway:
         self._config = config
         self._repository = ModelRepository(config.models_dir)
         self._graphs = GraphCache(config, "preprocess")
+        self._bodies = BodyReader(config.body_limits(), config.max_concurrent_body_reads)
         self._scorer: ScorerClient = LocalScorer(ModelScorer(config, warm)) if scorer is None else RemoteScorer(scorer)
         self._rng = random.Random()
         self._metrics, self._metrics_hub, self._replica = GatewayMetrics(), metrics_hub, uuid.uuid4().hex
@@ -150,7 +153,7 @@ class Gateway:
         return await self._observed("infer", name, version, request, self._infer)
 
     async def _infer(self, ref: ModelRef, request: Request) -> JSONResponse:
-        body = await read_body(request, self._config.max_request_bytes, self._config.body_timeout_s)
+        body = await self._bodies.body(request)
         header_length = request.headers.get("inference-header-content-length")
         if header_length is not None and not header_length.isdigit():
             raise HttpError(400, f"Inference-Header-Content-Length must be a number of bytes, got {header_length!r}")
@@ -168,7 +171,7 @@ class Gateway:
         return await self._observed("predict", name, version, request, self._predict)
 
     async def _predict(self, ref: ModelRef, request: Request) -> JSONResponse:
-        files = await read_files(request, self._config.max_request_bytes, self._config.body_timeout_s)
+        files = await self._bodies.files(request)
         table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request)
         raw = "raw_output" in table.column_names  # ScoringOptions.raw_outputs, as in a batch row
         predictions = [
@@ -231,7 +234,7 @@ class Gateway:
         self._authorize(request)
         self._resolve(name, None)
         try:
-            body = await read_body(request, self._config.max_request_bytes, self._config.body_timeout_s)
+            body = await self._bodies.body(request)
             policy = RoutingPolicy.model_validate_json(body)
         except ValidationError as exc:
             raise HttpError(400, f"bad routing policy: {exc}") from None
@@ -344,10 +347,7 @@ class Gateway:
 
     async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], request: Request) -> Any:
         """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``."""
-        if len(images) > self._config.max_images_per_request:
-            raise HttpError(
-                413, f"the request holds {len(images)} images, over the limit of {self._config.max_images_per_request}"
-            )
+        check_request_images(images, self._config)
         timeout = request_timeout_s(request.headers, self._config.request_timeout_s)
         try:
             return await asyncio.wait_for(self._score_now(ref, images, labels), timeout)
@@ -363,10 +363,13 @@ class Gateway:
 
     async def _score_now(self, ref: ModelRef, images: list[bytes], labels: list[str]) -> Any:
         """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
+        stop = threading.Event()  # set when the request is given up (504): its images not yet begun are skipped
         try:
-            pixels, errors = await asyncio.to_thread(self._preprocess, ref, images)
+            pixels, errors = await asyncio.to_thread(self._preprocess, ref, images, stop)
         except StreamScoreError as exc:  # the version's files cannot be loaded here
             raise HttpError(503, f"version {ref.version} of {ref.name!r} cannot be loaded: {exc}") from None
+        finally:
+            stop.set()
         bad = [f"{label}: {e}" for label, e in zip(labels, errors, strict=True) if e is not None]
         if bad:
             raise HttpError(400, "; ".join(bad))
@@ -377,10 +380,13 @@ class Gateway:
         self._metrics.batch_size.labels(ref.name, ref.version).observe(scored.batch_requests)
         return scored.table
 
-    def _preprocess(self, ref: ModelRef, images: list[bytes]) -> tuple[np.ndarray, list[str | None]]:
+    def _preprocess(
+        self, ref: ModelRef, images: list[bytes], stop: threading.Event
+    ) -> tuple[np.ndarray, list[str | None]]:
         """Encoded images -> uint8 pixels ``(N, H, W, C)`` and a per-image error (or None)."""
         _, preprocess = self._graphs.get(ref)
-        out = preprocess({"id": object_array([str(i) for i in range(len(images))]), "bytes": object_array(images)})
+        batch = {"id": object_array([str(i) for i in range(len(images))]), "bytes": object_array(images)}
+        out = preprocess(batch, stop)
         return out["pixels"], list(out[ERROR])
 
     @staticmethod

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -24,43 +26,85 @@ class HttpError(Exception):
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The whole body, at most ``limit`` bytes (413 past it) within ``timeout_s`` (408 past it); 400 if empty.
+@dataclass(frozen=True)
+class BodyLimits:
+    """How much a request body may hold and how slowly it may arrive.
 
-    The time limit is for the whole body, so a client that trickles bytes (one a second keeps a plain read
-    alive forever) is cut off and its slot goes back to the others.
+    A body must arrive whole within ``timeout_s``, and keep up ``min_bytes_per_s`` after a ``grace_s`` start:
+    a client that trickles bytes (one a second keeps a plain read alive forever) is cut off with 408 within
+    about ``grace_s``, so its slot goes back to the others long before the overall limit.
     """
-    try:
-        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
-    except TimeoutError:
-        raise HttpError(408, f"the request body did not arrive within {timeout_s:g} s") from None
+
+    max_bytes: int
+    timeout_s: float
+    min_bytes_per_s: float
+    grace_s: float = 1.0
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+class BodyReader:
+    """Reads request bodies within ``limits``, at most ``max_concurrent`` at a time in this replica: bodies in
+    memory are bounded by ``max_concurrent x max_bytes``, and uploads past the cap wait their turn (503 with
+    ``Retry-After`` once they have waited ``timeout_s``)."""
+
+    def __init__(self, limits: BodyLimits, max_concurrent: int) -> None:
+        self.limits = limits
+        self._slots = asyncio.Semaphore(max_concurrent)
+
+    async def body(self, request: Request) -> bytes:
+        """The whole body, at most ``max_bytes`` (413 past it), in time (408 otherwise); 400 if empty."""
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.limits.timeout_s)
+        except TimeoutError:
+            raise HttpError(503, "too many uploads in progress; retry shortly", {"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wait_for(_read_body(request, self.limits), self.limits.timeout_s)
+        except TimeoutError:
+            raise HttpError(408, f"the request body did not arrive within {self.limits.timeout_s:g} s") from None
+        finally:
+            self._slots.release()
+
+    async def files(self, request: Request) -> list[tuple[str, bytes]]:
+        """(file name, bytes) for each file of a multipart upload, or the raw body as one file named ``image``."""
+        return await _files_of(request, await self.body(request), self.limits.max_bytes)
+
+
+async def _read_body(request: Request, limits: BodyLimits) -> bytes:
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, f"request body of {declared} bytes is over the {limit} limit")
+    if declared and declared.isdigit() and int(declared) > limits.max_bytes:
+        raise HttpError(413, f"request body of {declared} bytes is over the {limits.max_bytes} limit")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    started = time.monotonic()
+    stream = aiter(request.stream())
+    while True:
+        # The next chunk must come while the body, so far, keeps up the minimum rate after the grace.
+        deadline = started + limits.grace_s + size / limits.min_bytes_per_s
+        try:
+            chunk = await asyncio.wait_for(anext(stream), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise HttpError(
+                408,
+                f"the request body arrives too slowly: {size} bytes in {time.monotonic() - started:.1f} s, under "
+                f"the minimum of {limits.min_bytes_per_s:g} bytes/s",
+            ) from None
         size += len(chunk)
-        if size > limit:
-            raise HttpError(413, f"request body is over the {limit}-byte limit")
+        if size > limits.max_bytes:
+            raise HttpError(413, f"request body is over the {limits.max_bytes}-byte limit")
         chunks.append(chunk)
     if not size:
         raise HttpError(400, "empty request body: send an image")
     return b"".join(chunks)
 
 
-async def read_files(request: Request, limit: int, timeout_s: float) -> list[tuple[str, bytes]]:
-    """(file name, bytes) for each file of a multipart upload, or the raw body as one file named ``image``."""
-    body = await read_body(request, limit, timeout_s)
+async def _files_of(request: Request, body: bytes, max_bytes: int) -> list[tuple[str, bytes]]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return [("image", body)]
 
     async def replay() -> AsyncGenerator[bytes, None]:
         yield body
 
-    parser = MultiPartParser(request.headers, replay(), max_part_size=limit)
+    parser = MultiPartParser(request.headers, replay(), max_part_size=max_bytes)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
