@@ -8,8 +8,7 @@ two lists of operator specs, so preprocessing cannot drift between them.
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -78,18 +77,18 @@ class Stage:
         for op in self._per_row + self._per_batch:
             op.setup()
 
-    def __call__(self, batch: Batch, stop: threading.Event | None = None) -> Batch:
-        """Run the stage; a caller that gives up on the batch (a request past its time) sets ``stop``, and the
-        rows not yet started are not (``Abandoned`` is raised)."""
+    def __call__(self, batch: Batch, before_row: Callable[[int], None] | None = None) -> Batch:
+        """Run the stage. ``before_row(i)`` is called before preprocessing row ``i``; it may raise (``Abandoned``:
+        the caller gave up on the batch, e.g. a request past its time) to start no more rows."""
         batch = {**batch, ERROR: errors_of(batch)}
         rows = batch_length(batch)
-        if self._per_row and rows > 1:
+        if self._per_row and (rows > 1 or before_row is not None):
             done = []
             for i in range(rows):
-                if stop is not None and stop.is_set():
-                    raise Abandoned(f"stopped after {i} of {rows} rows")
+                if before_row is not None:
+                    before_row(i)
                 done.append(self._run(self._per_row, one_row(batch, i)))
-            batch = concatenate(done)
+            batch = concatenate(done) if done else batch
         else:
             batch = self._run(self._per_row, batch)
         return self._run(self._per_batch, batch)

@@ -143,16 +143,21 @@ def test_io_binding_and_chunked_calls_equal_one_plain_run(repository, photo_jpeg
 
 
 def test_a_stage_given_up_on_starts_no_more_rows(repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
-    """A request past its time sets ``stop``: the rows not yet begun are skipped (a 504 stops using CPU)."""
-    import threading
-
+    """A request past its time stops its stage: the rows not yet begun are skipped (a 504 stops using CPU)."""
     from operators._rows import object_array
     from pipeline.graph import Abandoned, Stage
 
     stage = Stage(preprocess=build_graph("efficientnet-lite0", repository).preprocess)
     batch = {"id": object_array(["a", "b", "c"]), "bytes": object_array([photo_jpegs["coffee"]] * 3)}
-    assert stage(batch, threading.Event())["pixels"].shape == (3, 224, 224, 3)
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(Abandoned, match="stopped after 0 of 3 rows"):
-        stage(batch, stop)
+    started: list[int] = []
+    assert stage(batch, started.append)["pixels"].shape == (3, 224, 224, 3) and started == [0, 1, 2]
+
+    def give_up_after_one(i: int) -> None:
+        if i == 1:
+            raise Abandoned("given up")
+        started.append(i)
+
+    started.clear()
+    with pytest.raises(Abandoned):
+        stage(batch, give_up_after_one)
+    assert started == [0]

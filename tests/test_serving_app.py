@@ -314,8 +314,8 @@ def _post(url: str, body: bytes) -> tuple[int, bytes]:
 
 def test_a_request_that_kills_its_replica_fails_alone_and_the_replica_is_replaced(server: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """A second app whose model has the test-only crash step: the request whose image SIGKILLs its gateway
-    replica fails (the replica is gone), the other replica answers everything after it, and Serve replaces the
-    dead one."""
+    replica fails (the replica is gone), the other replica answers everything after it, Serve replaces the dead
+    one, and the same image sent again gets 422 with the reason."""
     from ray import serve
 
     from pipeline.serving.app import build_app
@@ -347,6 +347,12 @@ def test_a_request_that_kills_its_replica_fails_alone_and_the_replica_is_replace
         assert after == [200] * 20
         wait_for(lambda: replicas_running() == {"RUNNING": 2}, 120, 0.5)
         assert [_post(url, png(100))[0] for _ in range(10)] == [200] * 10
+        # The node remembers the image: sent again, it is refused with the reason instead of killing another
+        # replica (whichever replica takes it: the replacement and the survivor both know).
+        for _ in range(4):
+            status, body = _post(url, png(KILL_GREY))
+            assert status == 422 and b"worker_crashed: this image killed the replica process" in body, body
+        assert replicas_running() == {"RUNNING": 2}
         assert request_json(f"{server}/v2/health/ready")[0] == 200  # the session's app never noticed
     finally:
         serve.delete("poison")

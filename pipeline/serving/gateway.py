@@ -27,8 +27,6 @@ from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.errors import ConfigError, StreamScoreError
-from operators._rows import object_array
-from operators.base import ERROR
 from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository
 from pipeline.serving import v2
@@ -36,6 +34,7 @@ from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import STATE_REFRESH_S, ControlSnapshot, VersionState
 from pipeline.serving.http_body import BodyReader, HttpError, request_timeout_s
 from pipeline.serving.metrics import PUSH_INTERVAL_S, GatewayMetrics
+from pipeline.serving.poison import PoisonMemory
 from pipeline.serving.request_limits import check_request_images
 from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, RemoteScorer, ScorerClient
@@ -69,6 +68,7 @@ class Gateway:
         self._repository = ModelRepository(config.models_dir)
         self._graphs = GraphCache(config, "preprocess")
         self._bodies = BodyReader(config.body_limits(), config.max_concurrent_body_reads)
+        self._poison = PoisonMemory.for_config(config)
         self._scorer: ScorerClient = LocalScorer(ModelScorer(config, warm)) if scorer is None else RemoteScorer(scorer)
         self._rng = random.Random()
         self._metrics, self._metrics_hub, self._replica = GatewayMetrics(), metrics_hub, uuid.uuid4().hex
@@ -384,10 +384,7 @@ class Gateway:
         self, ref: ModelRef, images: list[bytes], stop: threading.Event
     ) -> tuple[np.ndarray, list[str | None]]:
         """Encoded images -> uint8 pixels ``(N, H, W, C)`` and a per-image error (or None)."""
-        _, preprocess = self._graphs.get(ref)
-        batch = {"id": object_array([str(i) for i in range(len(images))]), "bytes": object_array(images)}
-        out = preprocess(batch, stop)
-        return out["pixels"], list(out[ERROR])
+        return self._poison.preprocess(self._graphs.get(ref)[1], images, stop)
 
     @staticmethod
     def _answer(body: dict[str, Any], ref: ModelRef) -> JSONResponse:
