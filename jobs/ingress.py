@@ -31,6 +31,10 @@ FAST_INGRESS = {
     # hears of it from Serve's controller within about 0.1 s (and retries a refused connection elsewhere);
     # the default 30 s made every scale-down and shutdown take 35 s.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # HAProxy drops a client that sends nothing for this long, e.g. one that stalls in its headers (Serve's
+    # default is an hour). Ray 2.60 offers no header timeout ("timeout http-request") to set: a client that
+    # trickles its headers is held, at the cost of one of HAProxy's 4,096 connections, not of a replica slot.
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "30",
 }
 
 

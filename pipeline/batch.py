@@ -20,7 +20,7 @@ import pyarrow as pa
 from common.errors import ErrorBudgetExceeded, LostRowsError, ModelLoadError, WorkerCrashedError
 from operators.base import ERROR, Batch, OperatorSpec
 from pipeline.graph import Graph, Stage
-from pipeline.isolation import MAX_TASK_RETRIES, IsolatingStage, start_journal
+from pipeline.isolation import MAX_TASK_RETRIES, IsolatingStage, forget_fault_reports, start_journal
 from pipeline.models import ModelVersion
 from pipeline.output import predictions_table
 from pipeline.planner import ResourcePlan
@@ -227,6 +227,7 @@ def run_batch(
     finally:
         writer.close()
         ray.kill(journal)
+        forget_fault_reports()
     summary = RunSummary(
         input_rows=input_rows,
         rows=writer.rows,

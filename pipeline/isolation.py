@@ -95,6 +95,21 @@ def _report_faults_to_a_file() -> None:
     faulthandler.enable(file=path.open("w"), all_threads=False)  # kept open for the life of the process
 
 
+def forget_fault_reports() -> None:
+    """Remove this node's fault reports of processes that have exited (each actor process leaves one, empty
+    unless it crashed); the run that needed them has read them by then."""
+    with contextlib.suppress(OSError):
+        for report in _fault_report_path(0).parent.iterdir():
+            pid = int(report.stem) if report.stem.isdigit() else 0
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    report.unlink()
+            except PermissionError:
+                continue
+
+
 def describe_death(attempt: Attempt, node_id: str) -> str:
     """How the process of ``attempt`` died, as far as this process (on ``node_id``) can tell."""
     report = ""

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from common.errors import ErrorBudgetExceeded, InputError
 from pipeline.batch import preprocessed_dataset, run_batch, source_dataset
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory, digit_files, photos) -> Path:  # type: ignore[no-untyped-def]
-    """Held-out digits in nested folders, hazardous files, a hidden file and a non-image file."""
+    """Held-out digits in nested folders, hazardous files, aspect-ratio bombs (tiny files that a whole-image
+    resize to the shorter side would blow up to gigabytes), a hidden file and a non-image file."""
     root = tmp_path_factory.mktemp("images")
     for i, (path, _) in enumerate(digit_files[:120]):
         sub = root / f"part{i % 3}"
@@ -32,6 +34,8 @@ def image_folder(tmp_path_factory, digit_files, photos) -> Path:  # type: ignore
         shutil.copy(path, sub / path.name)
     for name, (data, _) in bad_inputs(photos["coffee"]).items():
         (root / name).write_bytes(data)
+    Image.fromarray(np.full((1, 4000), 200, dtype=np.uint8)).save(root / "strip-4000x1.png")
+    Image.fromarray(np.tile(photos["coffee"][:300], (1, 34, 1))[:, :20000]).save(root / "panorama-20000x300.png")
     (root / ".hidden.png").write_bytes(digit_files[0][0].read_bytes())
     (root / "notes.txt").write_text("not an image, skipped by extension")
     return root
@@ -51,10 +55,11 @@ def test_every_row_comes_out_as_prediction_or_error(ray_cluster, repository, ima
     source = detect_source(str(image_folder))
     summary = _run(graph, source, tmp_path / "out", ray_cluster)
     table = _read(tmp_path / "out")
-    assert table.num_rows == summary.rows == 125 == source.table.num_rows  # 120 digits + 5 hazards
+    assert table.num_rows == summary.rows == 127 == source.table.num_rows  # 120 digits, 5 hazards, 2 strips
     assert ".hidden.png" not in table.column("id").to_pylist() and "notes.txt" not in table.column("id").to_pylist()
     assert summary.errors_by_reason == {"empty": 1, "truncated": 1, "not_an_image": 1, "too_many_pixels": 2}
     rows = {r["id"]: r for r in table.to_pylist()}
+    assert rows["strip-4000x1.png"]["label"] is not None and rows["panorama-20000x300.png"]["label"] is not None
     assert rows["part1/" + digit_files[1][0].name]["model"] == "digits"
     truth = {f"part{i % 3}/{p.name}": str(label) for i, (p, label) in enumerate(digit_files[:120])}
     accuracy = np.mean([rows[k]["label"] == v for k, v in truth.items()])
