@@ -1,8 +1,9 @@
 """decode: encoded image bytes -> HWC uint8 arrays (ragged), RGB or L, with every hazard turned into a row error.
 
 Two back ends behind one interface. ``pillow`` handles everything on the allow-list. ``opencv`` is a fast
-path for plain 8-bit RGB/L JPEG, PNG, WebP and BMP (the bulk of real data); any other image (alpha, palette,
-CMYK, 16-bit, animation, TIFF) goes through the Pillow kernel, so both back ends mean the same thing.
+path for plain 8-bit RGB/L PNG, WebP and BMP; any other image (alpha, palette, CMYK, 16-bit, animation, TIFF)
+goes through the Pillow kernel, so both back ends mean the same thing. Plain JPEGs, the bulk of real data, go
+through one kernel shared by both (``operators/_jpeg.py``: libjpeg-turbo, strict about damaged scans).
 Both read the header with Pillow first: format allow-list and pixel limit are checked before decoding.
 """
 
@@ -17,6 +18,7 @@ from PIL import Image
 from pydantic import Field
 
 from operators import _imaging
+from operators._jpeg import NotForTurboJpeg, decode_jpeg
 from operators._registry import register
 from operators._rows import errors_of, map_rows, with_errors
 from operators.base import ERROR_COLUMN, Backend, Batch, Column, Operator, Params, RowError
@@ -68,39 +70,49 @@ class Decode(Operator):
 
     def _decode_pillow(self, data: bytes | None) -> np.ndarray:
         image = self._open(data)
-        draft = _imaging.dct_draft_size(image.width, image.height, self.params.target_shorter)
-        if draft is not None and image.format == "JPEG" and image.mode in ("RGB", "L"):
-            image.draft(image.mode, draft)
+        if image.format == "JPEG" and image.mode in ("RGB", "L"):
+            return self._decode_jpeg(bytes(data), image)  # type: ignore[arg-type]
         return _imaging.to_array(image, self.params.color, self.params.background)
 
     def _decode_opencv(self, data: bytes | None) -> np.ndarray:
         image = self._open(data)
         head = _imaging.header(image)
+        if head.format == "JPEG" and head.mode in ("RGB", "L"):
+            return self._decode_jpeg(bytes(data), image)  # type: ignore[arg-type]
         if (
             head.format not in _OPENCV_FORMATS
             or head.mode not in ("RGB", "L")
             or head.frames > 1
             or head.has_transparency
         ):
-            return self._decode_pillow(data)
-        raw = bytes(data)  # type: ignore[arg-type]
-        if head.format == "JPEG":
-            last_scan = raw.rfind(_JPEG_SOS)
-            # libjpeg fills a truncated scan with grey and only warns; a complete JPEG ends its last scan
-            # with EOI (0xFFD9 cannot occur inside entropy-coded data, where 0xFF is byte-stuffed).
-            if last_scan < 0 or raw.find(_JPEG_EOI, last_scan) < 0:
-                raise RowError(Reason.TRUNCATED, "JPEG data ends before its end-of-image marker")
+            return _imaging.to_array(image, self.params.color, self.params.background)
         flags = cv2.IMREAD_COLOR if self.params.color == "RGB" else cv2.IMREAD_GRAYSCALE
-        reduction = _opencv_reduction(head, self.params.target_shorter)
-        if reduction > 1:
-            flags = _REDUCED_FLAGS[(self.params.color, reduction)]
-        decoded = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
+        decoded = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), flags)  # type: ignore[arg-type]
         if decoded is None:
             # Pillow gives the verdict (and its reason) for what OpenCV refuses, so the back ends agree.
-            return self._decode_pillow(data)
+            return _imaging.to_array(image, self.params.color, self.params.background)
         if decoded.ndim == 2:
             return decoded[:, :, None]
         return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+
+    def _decode_jpeg(self, raw: bytes, image: Image.Image) -> np.ndarray:
+        """Plain RGB/L JPEGs, for both back ends: the shared strict kernel (``operators/_jpeg.py``)."""
+        last_scan = raw.rfind(_JPEG_SOS)
+        # libjpeg fills a truncated scan with grey and only warns; a complete JPEG ends its last scan with EOI
+        # (0xFFD9 cannot occur inside entropy-coded data, where 0xFF is byte-stuffed).
+        if last_scan < 0 or raw.find(_JPEG_EOI, last_scan) < 0:
+            raise RowError(Reason.TRUNCATED, "JPEG data ends before its end-of-image marker")
+        draft = _imaging.dct_draft_size(image.width, image.height, self.params.target_shorter)
+        try:
+            orientation = int(image.getexif().get(0x0112, 1) or 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block leaves the image as stored, as Pillow does
+            orientation = 1
+        try:
+            return decode_jpeg(raw, image.mode, self.params.color, draft, orientation)
+        except NotForTurboJpeg:
+            if draft is not None:
+                image.draft(image.mode, draft)
+            return _imaging.to_array(image, self.params.color, self.params.background)
 
 
 def declared_pixels(data: bytes) -> int:
@@ -111,24 +123,3 @@ def declared_pixels(data: bytes) -> int:
             return int(image.size[0]) * int(image.size[1])
     except Exception:  # noqa: BLE001 - not an image: decode gives its reason later
         return 0
-
-
-_REDUCED_FLAGS = {
-    ("RGB", 2): cv2.IMREAD_REDUCED_COLOR_2,
-    ("RGB", 4): cv2.IMREAD_REDUCED_COLOR_4,
-    ("RGB", 8): cv2.IMREAD_REDUCED_COLOR_8,
-    ("L", 2): cv2.IMREAD_REDUCED_GRAYSCALE_2,
-    ("L", 4): cv2.IMREAD_REDUCED_GRAYSCALE_4,
-    ("L", 8): cv2.IMREAD_REDUCED_GRAYSCALE_8,
-}
-
-
-def _opencv_reduction(head: _imaging.Header, target_shorter: int | None) -> int:
-    """The largest DCT reduction (1, 2, 4 or 8) that keeps the shorter side >= ``target_shorter``."""
-    if head.format != "JPEG" or target_shorter is None:
-        return 1
-    shorter = min(head.width, head.height)
-    for factor in (8, 4, 2):
-        if shorter // factor >= target_shorter:
-            return factor
-    return 1

@@ -124,14 +124,7 @@ def _damaged_corpus(photo: np.ndarray, fmt: str) -> dict[str, bytes]:
     return corpus
 
 
-JPEG_WARNINGS_GAP = pytest.mark.xfail(
-    strict=True,
-    reason="libjpeg inside OpenCV only warns (on stderr) on some corrupt scans that Pillow refuses; "
-    "issue 9 item 5 is open on it",
-)
-
-
-@pytest.mark.parametrize("fmt", [pytest.param("JPEG", marks=JPEG_WARNINGS_GAP), "PNG", "WEBP", "BMP"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
 def test_both_back_ends_give_the_same_verdict_on_damaged_files(fmt: str, photos: dict[str, np.ndarray]) -> None:
     """Scored by both (with equal pixels), or refused by both with the same reason."""
     corpus = _damaged_corpus(photos["chelsea"], fmt)
