@@ -343,8 +343,10 @@ def test_a_request_that_kills_its_replica_fails_alone_and_the_replica_is_replace
         except ConnectionError as exc:
             status, body = 0, repr(exc).encode()
         assert status == 0 or 500 <= status < 600, (status, body)
-        after = [_post(url, png(100))[0] for _ in range(20)]  # at once: the surviving replica takes them
-        assert after == [200] * 20
+        # A request racing the death (sent within milliseconds, seen once in about six runs) may still reach the
+        # dying replica and fail; once one has succeeded, the surviving replica takes every request.
+        wait_for(lambda: _post(url, png(100))[0] == 200, 10, 0.05)
+        assert [_post(url, png(100))[0] for _ in range(20)] == [200] * 20
         wait_for(lambda: replicas_running() == {"RUNNING": 2}, 120, 0.5)
         assert [_post(url, png(100))[0] for _ in range(10)] == [200] * 10
         # The node remembers the image: sent again, it is refused with the reason instead of killing another

@@ -91,6 +91,17 @@ class PoisonMemory:
                 raise HttpError(422, f"image {i}: worker_crashed: this image {verdict}; it is refused from now on")
         return digests
 
+    def _note(self, working: Path, digest: str) -> None:
+        """Bookkeeping never fails a request: a folder removed under us (a temp-folder cleaner) is made again,
+        and a note that still cannot be written is skipped."""
+        try:
+            working.write_text(digest)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._working.mkdir(parents=True, exist_ok=True)
+                self._poison.mkdir(parents=True, exist_ok=True)
+                working.write_text(digest)
+
     def preprocess(
         self, stage: Stage, images: Sequence[bytes], stop: threading.Event
     ) -> tuple[np.ndarray, list[str | None]]:
@@ -104,7 +115,7 @@ class PoisonMemory:
         def before_image(i: int) -> None:
             if stop.is_set():
                 raise Abandoned(f"the request was given up after {i} of {len(images)} images")
-            working.write_text(digests[i])  # what to blame, should this process die now
+            self._note(working, digests[i])  # what to blame, should this process die now
 
         try:
             out = stage(batch, before_image)
