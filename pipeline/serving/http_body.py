@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 
@@ -51,13 +50,18 @@ class BodyReader:
         self._slots = asyncio.Semaphore(max_concurrent)
 
     async def body(self, request: Request) -> bytes:
-        """The whole body, at most ``max_bytes`` (413 past it), in time (408 otherwise); 400 if empty."""
+        """The whole body, at most ``max_bytes`` (413 past it), in time (408 otherwise); 400 if empty.
+
+        Time limits use ``asyncio.timeout`` scopes, not ``wait_for``: no extra task per request or chunk.
+        """
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.limits.timeout_s)
+            async with asyncio.timeout(self.limits.timeout_s):
+                await self._slots.acquire()
         except TimeoutError:
             raise HttpError(503, "too many uploads in progress; retry shortly", {"Retry-After": "1"}) from None
         try:
-            return await asyncio.wait_for(_read_body(request, self.limits), self.limits.timeout_s)
+            async with asyncio.timeout(self.limits.timeout_s):
+                return await _read_body(request, self.limits)
         except TimeoutError:
             raise HttpError(408, f"the request body did not arrive within {self.limits.timeout_s:g} s") from None
         finally:
@@ -73,19 +77,20 @@ async def _read_body(request: Request, limits: BodyLimits) -> bytes:
     if declared and declared.isdigit() and int(declared) > limits.max_bytes:
         raise HttpError(413, f"request body of {declared} bytes is over the {limits.max_bytes} limit")
     chunks, size = [], 0
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     stream = aiter(request.stream())
     while True:
         # The next chunk must come while the body, so far, keeps up the minimum rate after the grace.
-        deadline = started + limits.grace_s + size / limits.min_bytes_per_s
         try:
-            chunk = await asyncio.wait_for(anext(stream), max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout_at(started + limits.grace_s + size / limits.min_bytes_per_s):
+                chunk = await anext(stream)
         except StopAsyncIteration:
             break
         except TimeoutError:
             raise HttpError(
                 408,
-                f"the request body arrives too slowly: {size} bytes in {time.monotonic() - started:.1f} s, under "
+                f"the request body arrives too slowly: {size} bytes in {loop.time() - started:.1f} s, under "
                 f"the minimum of {limits.min_bytes_per_s:g} bytes/s",
             ) from None
         size += len(chunk)
