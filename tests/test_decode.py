@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -137,3 +138,33 @@ def test_both_back_ends_give_the_same_verdict_on_damaged_files(fmt: str, photos:
     if fmt == "PNG":
         assert pillow[ERROR][list(corpus).index("PNG bad IDAT checksum")].startswith("decode_failed: damaged PNG")
     assert sum(e is not None for e in pillow[ERROR]) > 0, "the corpus must hold files that are refused"
+
+
+def _tiff_with(photo: np.ndarray, tag: int | None = None, value: int = 0, loop: bool = False) -> bytes:
+    """A little-endian TIFF of ``photo``, with one IFD entry's value replaced, or its IFD pointing to itself."""
+    tiff = bytearray(encode(photo, "TIFF"))
+    ifd = struct.unpack_from("<I", tiff, 4)[0]
+    entries = struct.unpack_from("<H", tiff, ifd)[0]
+    for at in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+        if struct.unpack_from("<H", tiff, at)[0] == tag:
+            struct.pack_into("<I", tiff, at + 8, value)
+    if loop:
+        struct.pack_into("<I", tiff, ifd + 2 + 12 * entries, ifd)
+    return bytes(tiff)
+
+
+def test_bogus_offsets_and_loops_end_with_one_verdict_in_both_back_ends(photos: dict[str, np.ndarray]) -> None:
+    """Headers that point outside the file or back at themselves: no hang, no crash, the same answer."""
+    small = photos["coffee"][:32, :48]
+    bmp = bytearray(encode(small, "BMP"))
+    struct.pack_into("<I", bmp, 10, 10_000_000)  # where the pixels start: far past the end
+    corpus = {
+        "BMP pixel offset past the end": bytes(bmp),
+        "TIFF strip offset past the end": _tiff_with(small, tag=273, value=10_000_000),
+        "TIFF IFD pointing to itself": _tiff_with(small, loop=True),
+    }
+    pillow, opencv = (decode(list(corpus.values()), backend=backend) for backend in BACKENDS)
+    for i, name in enumerate(corpus):
+        assert pillow[ERROR][i] == opencv[ERROR][i], (name, pillow[ERROR][i], opencv[ERROR][i])
+    assert pillow[ERROR][0].startswith("truncated") and pillow[ERROR][1] is not None
+    np.testing.assert_array_equal(pillow["image"][2], small)  # a loop after the first frame: that frame
