@@ -35,14 +35,19 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _declared_png(width: int, height: int) -> bytes:
-    """A valid PNG header declaring ``width`` x ``height`` RGB, with one tiny IDAT (the bomb's promise)."""
+def png_with_declared_size(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG whose header declares a huge canvas (a decompression bomb's calling card)."""
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _cases() -> dict[str, list[bytes]]:
@@ -57,7 +62,7 @@ def _cases() -> dict[str, list[bytes]]:
         "photos": [photos[i % 4] for i in range(FILES_PER_CASE)],
         "near_limit_pngs": [_png(near_limit)] * FILES_PER_CASE,
         "aspect_strips": [_png(strip), _png(panorama)] * (FILES_PER_CASE // 2),
-        "pixel_bombs": [_declared_png(20000, 20000)] * FILES_PER_CASE,
+        "pixel_bombs": [png_with_declared_size(20000, 20000)] * FILES_PER_CASE,
     }
 
 

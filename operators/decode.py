@@ -57,8 +57,7 @@ class Decode(Operator):
     params: DecodeParams
 
     def __call__(self, batch: Batch) -> Batch:
-        kernel = self._decode_opencv if self.params.backend == "opencv" else self._decode_pillow
-        images, errors = map_rows(batch["bytes"], errors_of(batch), kernel, Reason.DECODE_FAILED)
+        images, errors = map_rows(batch["bytes"], errors_of(batch), self._decode, Reason.DECODE_FAILED)
         return with_errors(batch, errors, self.drops, image=images)
 
     def _open(self, data: bytes | None):  # type: ignore[no-untyped-def]
@@ -68,26 +67,21 @@ class Decode(Operator):
             raise RowError(Reason.FILE_TOO_LARGE, f"{len(data)} bytes, over the {self.params.max_bytes}-byte limit")
         return _imaging.open_image(bytes(data), self.params.formats, self.params.max_pixels)
 
-    def _decode_pillow(self, data: bytes | None) -> np.ndarray:
+    def _decode(self, data: bytes | None) -> np.ndarray:
         image = self._open(data)
+        raw = bytes(data)  # type: ignore[arg-type]  # _open refused None
         if image.format == "JPEG" and image.mode in ("RGB", "L"):
-            return self._decode_jpeg(bytes(data), image)  # type: ignore[arg-type]
+            return self._decode_jpeg(raw, image)  # both back ends: the shared strict kernel
+        if self.params.backend == "opencv" and image.format in _OPENCV_FORMATS:
+            return self._decode_opencv(raw, image)
         return _imaging.to_array(image, self.params.color, self.params.background)
 
-    def _decode_opencv(self, data: bytes | None) -> np.ndarray:
-        image = self._open(data)
+    def _decode_opencv(self, raw: bytes, image: Image.Image) -> np.ndarray:
         head = _imaging.header(image)
-        if head.format == "JPEG" and head.mode in ("RGB", "L"):
-            return self._decode_jpeg(bytes(data), image)  # type: ignore[arg-type]
-        if (
-            head.format not in _OPENCV_FORMATS
-            or head.mode not in ("RGB", "L")
-            or head.frames > 1
-            or head.has_transparency
-        ):
+        if head.mode not in ("RGB", "L") or head.frames > 1 or head.has_transparency:
             return _imaging.to_array(image, self.params.color, self.params.background)
         flags = cv2.IMREAD_COLOR if self.params.color == "RGB" else cv2.IMREAD_GRAYSCALE
-        decoded = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), flags)  # type: ignore[arg-type]
+        decoded = cv2.imdecode(np.frombuffer(raw, dtype=np.uint8), flags)
         if decoded is None:
             # Pillow gives the verdict (and its reason) for what OpenCV refuses, so the back ends agree.
             return _imaging.to_array(image, self.params.color, self.params.background)

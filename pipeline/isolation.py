@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from common.processes import process_exists
 from operators._rows import batch_length, concatenate, errors_of, one_row
 from operators.base import ERROR, Batch
 from operators.reasons import Reason
@@ -100,14 +101,9 @@ def forget_fault_reports() -> None:
     unless it crashed); the run that needed them has read them by then."""
     with contextlib.suppress(OSError):
         for report in _fault_report_path(0).parent.iterdir():
-            pid = int(report.stem) if report.stem.isdigit() else 0
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if report.stem.isdigit() and not process_exists(int(report.stem)):
                 with contextlib.suppress(OSError):
                     report.unlink()
-            except PermissionError:
-                continue
 
 
 def describe_death(attempt: Attempt, node_id: str) -> str:

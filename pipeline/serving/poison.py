@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.processes import process_exists
 from operators._rows import object_array
 from operators.base import ERROR
 from pipeline.graph import Abandoned, Stage
@@ -35,16 +36,6 @@ COLLECT_EVERY_S = 1.0
 
 def image_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class PoisonMemory:
@@ -70,9 +61,10 @@ class PoisonMemory:
         self._collected_at = time.monotonic()
         with contextlib.suppress(OSError):
             for entry in os.scandir(self._working):
-                pid = int(entry.name.split("-", 1)[0]) if entry.name.split("-", 1)[0].isdigit() else 0
-                if pid == self._pid or _alive(pid):
+                owner = entry.name.split("-", 1)[0]
+                if not owner.isdigit() or int(owner) == self._pid or process_exists(int(owner)):
                     continue
+                pid = int(owner)
                 with contextlib.suppress(OSError):
                     digest = Path(entry.path).read_text().strip()
                     if digest:
