@@ -7,6 +7,7 @@ faster and, when shrinking by more than 2x, first reduces with area averaging so
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import cv2
@@ -19,6 +20,7 @@ from operators._rows import errors_of, map_rows, with_errors
 from operators.base import ERROR_COLUMN, Backend, Batch, Column, Operator, Params
 from operators.reasons import Reason
 
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in source pixels, as Pillow takes it
 Interpolation = Literal["nearest", "bilinear", "bicubic", "area", "lanczos"]
 
 _PIL_FILTERS = {
@@ -47,6 +49,13 @@ class ResizeParams(Params):
     # copy downstream), of which the crop keeps 224 x 224.
     crop: tuple[int, int] | None = None
 
+
+# Pillow copies its input into an image of its own (4 bytes per pixel for RGB). Past this many source pixels the
+# resize runs in bands of output rows, each copying in only the source rows it reads, so a 49 MP image costs a
+# band (about 12 MB) beside the decoded array rather than a 196 MB second copy of it.
+_PILLOW_BAND_PIXELS = 4_000_000
+# How far each filter reads either side of a sample, in source pixels at scale 1 (Pillow's own supports).
+_PIL_SUPPORT = {"nearest": 0.5, "bilinear": 1.0, "bicubic": 2.0, "area": 0.5, "lanczos": 3.0}
 
 # The OpenCV back end resizes whole images (its filters align pixel centres on the whole image) while the
 # result is at most this many times the crop; past that it resizes only the crop region, as Pillow does.
@@ -78,15 +87,42 @@ class Resize(Operator):
         height, width = shorter_side_size(image.shape[0], image.shape[1], self.params.shorter)
         if (height, width) == image.shape[:2]:
             return image
-        pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-        size, box = (width, height), None
+        size = (width, height)
+        box = (0.0, 0.0, float(image.shape[1]), float(image.shape[0]))
         if self.params.crop is not None:
             size, box = self._crop_box(image.shape[0], image.shape[1], height, width)
         # Pillow resizes a box of the source with the filter of the whole resize: the pixels of resizing
         # everything and cropping, within 1 in under 5 % of values (fixed-point rounding; tested), without
         # making the rest.
-        out = np.asarray(pil.resize(size, _PIL_FILTERS[self.params.interpolation], box=box))
+        if (box[2] - box[0]) * (box[3] - box[1]) <= _PILLOW_BAND_PIXELS:
+            out = self._pillow_box(image, size, box)
+        elif self.params.interpolation == "nearest":
+            out = _nearest(image, size, box)
+        else:
+            out = np.concatenate(list(self._pillow_bands(image, size, box)), axis=0)
         return out[:, :, None] if out.ndim == 2 else out
+
+    def _pillow_box(self, source: np.ndarray, size: tuple[int, int], box: Box) -> np.ndarray:
+        pil = Image.fromarray(source[:, :, 0] if source.shape[2] == 1 else source)
+        return np.asarray(pil.resize(size, _PIL_FILTERS[self.params.interpolation], box=box))
+
+    def _pillow_bands(self, image: np.ndarray, size: tuple[int, int], box: Box):  # type: ignore[no-untyped-def]
+        """The resize of ``box`` to ``size``, band by band of output rows; each band hands Pillow only the
+        source rows and columns its filter reads, so the result equals the one-piece resize (within the same
+        fixed-point rounding; tested)."""
+        (out_w, out_h), (left, top, right, bottom) = size, box
+        scale_x, scale_y = (right - left) / out_w, (bottom - top) / out_h
+        reach = _PIL_SUPPORT[self.params.interpolation]
+        reach_x, reach_y = reach * max(scale_x, 1.0) + 2, reach * max(scale_y, 1.0) + 2
+        col0, col1 = max(int(left - reach_x), 0), min(math.ceil(right + reach_x), image.shape[1])
+        rows_per_band = max(1, int(_PILLOW_BAND_PIXELS / ((col1 - col0) * max(scale_y, 1.0))))
+        for first in range(0, out_h, rows_per_band):
+            last = min(first + rows_per_band, out_h)
+            y0, y1 = top + first * scale_y, top + last * scale_y
+            row0, row1 = max(int(y0 - reach_y), 0), min(math.ceil(y1 + reach_y), image.shape[0])
+            piece = image[row0:row1, col0:col1]
+            local = (left - col0, y0 - row0, min(right - col0, col1 - col0), min(y1 - row0, row1 - row0))
+            yield self._pillow_box(piece, (out_w, last - first), local)
 
     def _crop_box(
         self, src_height: int, src_width: int, height: int, width: int
@@ -110,3 +146,20 @@ class Resize(Operator):
             src = cv2.resize(src, (2 * width, 2 * height), interpolation=cv2.INTER_AREA)
         out = cv2.resize(src, (width, height), interpolation=_CV_FILTERS[self.params.interpolation])
         return out[:, :, None] if out.ndim == 2 else out
+
+
+def _nearest(image: np.ndarray, size: tuple[int, int], box: Box) -> np.ndarray:
+    """Pillow's nearest-neighbour resize of ``box``, taken by indexing, which copies only the output.
+
+    The sample positions are Pillow's own (``ImagingScaleAffine``): offset + step / 2, then step added once per
+    pixel, in doubles, truncated; a product instead of the running sum lands a few rows on the other side."""
+    (out_w, out_h), (left, top, right, bottom) = size, box
+    cols, rows = _running(left, (right - left) / out_w, out_w), _running(top, (bottom - top) / out_h, out_h)
+    out = image[np.ix_(rows.clip(0, image.shape[0] - 1), cols.clip(0, image.shape[1] - 1))]
+    return out[:, :, 0] if out.shape[2] == 1 else out
+
+
+def _running(offset: float, step: float, count: int) -> np.ndarray:
+    steps = np.full(count, step)
+    steps[0] = offset + step * 0.5
+    return np.cumsum(steps).astype(np.int64)  # cumsum adds in order, as the C loop does

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -168,3 +169,58 @@ def test_bogus_offsets_and_loops_end_with_one_verdict_in_both_back_ends(photos: 
         assert pillow[ERROR][i] == opencv[ERROR][i], (name, pillow[ERROR][i], opencv[ERROR][i])
     assert pillow[ERROR][0].startswith("truncated") and pillow[ERROR][1] is not None
     np.testing.assert_array_equal(pillow["image"][2], small)  # a loop after the first frame: that frame
+
+
+def _png(image: Image.Image, **save: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **save)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_shared_png_kernel_gives_pillows_pixels(backend: str, photos: dict[str, np.ndarray]) -> None:
+    """Plain PNGs go through libpng in both back ends; lossless, so the pixels must be exactly Pillow's."""
+    from operators import _imaging
+
+    photo = Image.fromarray(photos["chelsea"])
+    wide = np.asarray(photo).astype(np.uint16) * 257
+    cases = {
+        "rgb": _png(photo),
+        "grey": _png(photo.convert("L")),
+        "interlaced": _png(photo, optimize=False, interlace=1),
+        "rgb 16-bit": encode_rgb16(wide),
+        "grey 2-bit": _png(photo.convert("L"), bits=2),
+    }
+    for color in ("RGB", "L"):
+        out = decode(list(cases.values()), backend=backend, color=color)
+        for i, (name, data) in enumerate(cases.items()):
+            assert out[ERROR][i] is None, (name, out[ERROR][i])
+            expected = _imaging.to_array(Image.open(io.BytesIO(data)), color, (255, 255, 255))
+            np.testing.assert_array_equal(out["image"][i], expected, err_msg=f"{name} as {color}")
+
+
+def encode_rgb16(wide: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one; OpenCV writes BGR order)."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(wide[:, :, ::-1]))
+    assert ok
+    return data.tobytes()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_png_with_an_exif_orientation_is_turned_upright(backend: str, photos: dict[str, np.ndarray]) -> None:
+    photo = Image.fromarray(photos["chelsea"])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image = decode([_png(photo, exif=exif)], backend=backend)["image"][0]
+    np.testing.assert_array_equal(image, np.asarray(photo.transpose(Image.Transpose.ROTATE_270)))
+
+
+def test_large_images_leave_pillow_in_strips_with_the_same_pixels(photos: dict[str, np.ndarray]) -> None:
+    """Past a few megabytes the Pillow path copies rows out a strip at a time (one copy, not three)."""
+    from operators import _imaging
+
+    big = Image.fromarray(photos["astronaut"]).resize((3000, 2000))  # 18 MB: several strips
+    for mode in ("RGB", "L"):
+        image = big.convert(mode)
+        expected = np.asarray(image)
+        np.testing.assert_array_equal(_imaging._pixels(image).reshape(expected.shape), expected)

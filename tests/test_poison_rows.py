@@ -17,7 +17,7 @@ from pipeline.graph import build_graph
 from pipeline.isolation import MAX_TASK_RETRIES
 from pipeline.planner import ResourceOverrides, plan_resources
 from pipeline.sources import detect_source
-from tests.crash_operator import KILL_GREY, SEGFAULT_GREY, crashing_repository
+from tests.crash_operator import KILL_GREY, OOM_GREY, SEGFAULT_GREY, crashing_repository, memory_cgroup
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +57,32 @@ def test_a_row_that_kills_its_worker_becomes_an_error_row_and_the_rest_are_score
             assert row["error"] is None, row
             assert row["label"] == undisturbed[row_id]["label"]
             assert row["score"] == pytest.approx(undisturbed[row_id]["score"], abs=1e-6)
+
+
+def test_a_row_that_runs_its_worker_out_of_memory_becomes_an_error_row(
+    ray_cluster, digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A real out-of-memory kill: on its marker image the worker joins a memory cgroup limited to 64 MiB and
+    allocates 1 GiB; the kernel's OOM killer ends it, as it would a worker decoding too much under a
+    container's limit. The row is a worker_crashed error row; the others are scored."""
+    cgroup = memory_cgroup(f"streamscore-oom-{tmp_path.name}", 64 * 2**20)
+    if cgroup is None:
+        pytest.skip("this process may not make a memory cgroup (needs root and cgroup v1)")
+    try:
+        images = tmp_path / "images"
+        images.mkdir()
+        for path, _ in digit_files[:12]:
+            shutil.copy(path, images / path.name)
+        _grey(images / "poison-oom.png", OOM_GREY)
+        plan = plan_resources(ray_cluster, ResourceOverrides(layout="fused", batch_size=8))
+        crashing = build_graph("digits", crashing_repository(tmp_path / "models", oom_cgroup=cgroup), read_files=True)
+        summary = run_batch(crashing, detect_source(str(images)), str(tmp_path / "out"), plan)
+        rows = {r["id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+        assert summary.rows == len(rows) == 13 and summary.errors_by_reason == {"worker_crashed": 1}
+        assert "SIGKILL" in rows["poison-oom.png"]["error"], rows["poison-oom.png"]
+        assert int((cgroup / "memory.failcnt").read_text()) > 0  # the limit was what stopped it
+    finally:
+        cgroup.rmdir()
 
 
 def test_a_block_with_more_poison_rows_than_retries_ends_the_run(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -64,3 +64,20 @@ def test_an_85_byte_strip_png_is_scored_like_any_image(repository) -> None:  # t
     assert len(strip) < 200
     (row,) = build_graph("efficientnet-lite0", repository).run([strip]).to_pylist()
     assert row["error"] is None and row["label"], row
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "lanczos", "area", "nearest"])
+@pytest.mark.parametrize("crop", [CROP, None])
+def test_large_images_resize_in_bands_with_the_one_piece_pixels(photos, monkeypatch, interpolation, crop) -> None:  # type: ignore[no-untyped-def]
+    """Bands of output rows, each reading only the source rows its filter needs, give the pixels of the
+    one-piece resize (a smaller band limit here makes ordinary photos take several bands)."""
+    from operators import resize
+
+    images = [np.asarray(Image.fromarray(photos["astronaut"]).resize((1500, 1100)))] + list(photos.values())
+    whole = _resize(images, interpolation=interpolation, crop=crop)
+    monkeypatch.setattr(resize, "_PILLOW_BAND_PIXELS", 20_000)
+    banded = _resize(images, interpolation=interpolation, crop=crop)
+    for one, bands in zip(whole, banded, strict=True):
+        assert one.shape == bands.shape
+        difference = np.abs(one.astype(int) - bands.astype(int))
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (difference.max(), (difference > 0).mean())

@@ -43,6 +43,9 @@ class ServeConfig(BaseModel):
     body_timeout_s: float = Field(default=10.0, gt=0)
     min_body_bytes_per_s: float = Field(default=65_536, gt=0)
     max_concurrent_body_reads: int = Field(default=64, ge=1)
+    # Requests preprocessed at once per gateway replica (threads; decoders release the GIL). Each holds one
+    # decoded image at a time, so decoding memory per replica stays under decode_threads such images.
+    decode_threads: int = Field(default=4, ge=1)
     # Past this many waiting requests a deployment refuses more (503 + Retry-After), instead of queueing
     # without bound; each request may also take at most request_timeout_s (504).
     max_queued_requests: int = Field(default=256, ge=1)

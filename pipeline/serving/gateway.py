@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,8 @@ class Gateway:
         self._graphs = GraphCache(config, "preprocess")
         self._bodies = BodyReader(config.body_limits(), config.max_concurrent_body_reads)
         self._poison = PoisonMemory.for_config(config)
+        # Its own bounded pool (not asyncio's default, sized by the machine's cores): what bounds decode memory.
+        self._decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="streamscore-decode")
         self._scorer: ScorerClient = LocalScorer(ModelScorer(config, warm)) if scorer is None else RemoteScorer(scorer)
         self._rng = random.Random()
         self._metrics, self._metrics_hub, self._replica = GatewayMetrics(), metrics_hub, uuid.uuid4().hex
@@ -365,7 +368,8 @@ class Gateway:
         """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
         stop = threading.Event()  # set when the request is given up (504): its images not yet begun are skipped
         try:
-            pixels, errors = await asyncio.to_thread(self._preprocess, ref, images, stop)
+            loop = asyncio.get_running_loop()
+            pixels, errors = await loop.run_in_executor(self._decoders, self._preprocess, ref, images, stop)
         except StreamScoreError as exc:  # the version's files cannot be loaded here
             raise HttpError(503, f"version {ref.version} of {ref.name!r} cannot be loaded: {exc}") from None
         finally:
