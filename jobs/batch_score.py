@@ -28,7 +28,7 @@ from common.errors import ConfigError, ErrorBudgetExceeded  # noqa: E402
 from jobs import console  # noqa: E402
 from jobs.options import add_scoring_options, described, scoring_options  # noqa: E402
 from pipeline.planner import ResourceOverrides  # noqa: E402
-from pipeline.sources import SourceKind, detect_source  # noqa: E402
+from pipeline.sources import Source, SourceKind, detect_source  # noqa: E402
 
 if TYPE_CHECKING:
     from pipeline.run_summary import RunSummary
@@ -44,6 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLE
     parser.add_argument("input", help="a folder (read recursively), a glob, a .txt file of URIs, or a Parquet dataset")
     parser.add_argument("output", help="output folder for the Parquet predictions (local path or URI)")
+    add_model_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace the output folder's contents")
+    add_error_budget(parser)
+    add_scoring_options(parser)
+    add_resource_arguments(parser)
+    parser.add_argument("--summary-json", help="also write the closing summary as JSON to this path")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--show", type=int, default=0, metavar="N", help="print the first N predictions when done")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, the cluster and what INPUT is: shared by ``score`` and ``nightly``."""
     parser.add_argument("--model", required=True, help="NAME or NAME:VERSION (the latest version if omitted)")
     console.add_models_dir(parser)
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray for this run)")
@@ -56,14 +68,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bytes-column", help=f"Parquet input: the image bytes column (default: {SOURCE_DEFAULTS['bytes_column']})"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace the output folder's contents")
+
+
+def add_error_budget(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-error-fraction",
         type=float,
         help="fail the run (exit 3) when more than this share of rows are errors; every row is written anyway "
         "(default: no limit)",
     )
-    add_scoring_options(parser)
+
+
+def add_resource_arguments(parser: argparse.ArgumentParser) -> None:
     tuning = parser.add_argument_group("resources (derived from the cluster unless set)")
     r = ResourceOverrides
     tuning.add_argument("--layout", choices=["auto", "fused", "split"], help=described(r, "layout", "actor layout"))
@@ -76,17 +92,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--ort-threads", type=int, help="ONNX Runtime intra-op threads per inference actor")
     tuning.add_argument("--rows-per-ort-call", type=int, help="split each batch into ORT calls of this many rows")
     tuning.add_argument("--reserved-cpus", type=float, help="CPUs kept free for Ray Data read/write tasks")
-    parser.add_argument("--summary-json", help="also write the closing summary as JSON to this path")
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.add_argument("--show", type=int, default=0, metavar="N", help="print the first N predictions when done")
 
 
-def _overrides(args: argparse.Namespace) -> ResourceOverrides:
+def resource_overrides(args: argparse.Namespace) -> ResourceOverrides:
     given = {name: getattr(args, name, None) for name in ResourceOverrides.model_fields}
     try:
         return ResourceOverrides(**{name: value for name, value in given.items() if value is not None})
     except ValidationError as exc:
         raise ConfigError(f"bad resource settings: {exc}") from None
+
+
+def source_of(args: argparse.Namespace) -> Source:
+    given = {"kind": args.input_format, "id_column": args.id_column, "bytes_column": args.bytes_column}
+    return detect_source(args.input, **{name: value for name, value in given.items() if value is not None})
 
 
 class _Progress:
@@ -145,9 +163,8 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     started_at = started_at if started_at is not None else time.perf_counter()
     # Everything that can be checked without data is checked before Ray starts.
     options = scoring_options(args)
-    overrides = _overrides(args)
-    given = {"kind": args.input_format, "id_column": args.id_column, "bytes_column": args.bytes_column}
-    source = detect_source(args.input, **{name: value for name, value in given.items() if value is not None})
+    overrides = resource_overrides(args)
+    source = source_of(args)
     repository = ModelRepository(console.models_dir(args))
     graph = build_graph(ModelRef.parse(args.model), repository, options, read_files=isinstance(source, FileListing))
     check_output(args.output, args.overwrite)

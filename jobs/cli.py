@@ -1,4 +1,4 @@
-"""The ``streamscore`` command: ``score``, ``serve``, ``admin`` and ``models list``."""
+"""The ``streamscore`` command: ``score``, ``nightly``, ``serve``, ``admin`` and ``models list``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs import admin, batch_score, console, serve
+from jobs import admin, batch_score, console, nightly, serve
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
 
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch_score.add_arguments(score)
     score.set_defaults(handler=batch_score.run)
 
+    scheduled = commands.add_parser(
+        "nightly", help="score what is new or changed into a Delta Lake table, exactly once",
+        description=nightly.__doc__, formatter_class=_FORMAT,
+    )  # fmt: skip
+    nightly.add_arguments(scheduled)
+    scheduled.set_defaults(handler=nightly.run)
+
     serving = commands.add_parser(
         "serve", help="serve every model of the repository over HTTP (Ray Serve)", description=serve.__doc__,
         formatter_class=_FORMAT,
@@ -71,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started_at = console.process_started_at()
     args = build_parser().parse_args(argv)
     console.setup_logging()
-    if args.handler is batch_score.run:
-        return console.run_command(lambda: batch_score.run(args, started_at))
+    if args.handler in (batch_score.run, nightly.run):
+        return console.run_command(lambda: args.handler(args, started_at))
     return console.run_command(lambda: int(args.handler(args)))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -58,29 +58,44 @@ class PreprocessActor:
         return {"id": out["id"], "pixels": out["pixels"], ERROR: out[ERROR]}
 
 
+def _node_column(table: pa.Table, record_node: bool) -> pa.Table:
+    """The table with the ``node_id`` of the Ray node this actor runs on, when asked (nightly records it)."""
+    if not record_node:
+        return table
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    return table.append_column("node_id", pa.array([node] * table.num_rows, pa.string()))
+
+
 class InferenceActor:
     """Split layout, model side: pixels -> prediction table."""
 
-    def __init__(self, specs: tuple[OperatorSpec, ...], model: ModelVersion, device: str, journal: Any) -> None:
+    def __init__(
+        self, specs: tuple[OperatorSpec, ...], model: ModelVersion, device: str, journal: Any, record_node: bool
+    ) -> None:
         _check_assigned_gpus(device)
         self._stage = IsolatingStage(Stage(inference=specs), journal, "inference")
         self._model = model
+        self._record_node = record_node
 
     def __call__(self, batch: Batch) -> pa.Table:
-        return predictions_table(self._stage(batch), self._model)
+        return _node_column(predictions_table(self._stage(batch), self._model), self._record_node)
 
 
 class FusedActor:
     """Fused layout: source rows -> prediction table in one process (read, decode, preprocess, infer)."""
 
-    def __init__(self, graph: Graph, device: str, rename: dict[str, str], journal: Any) -> None:
+    def __init__(self, graph: Graph, device: str, rename: dict[str, str], journal: Any, record_node: bool) -> None:
         _check_assigned_gpus(device)
         self._stage = IsolatingStage(Stage(graph.preprocess, graph.inference), journal, "fused")
         self._model = graph.model
         self._rename = rename
+        self._record_node = record_node
 
     def __call__(self, batch: Batch) -> pa.Table:
-        return predictions_table(self._stage(_as_source_batch(batch, self._rename)), self._model)
+        table = predictions_table(self._stage(_as_source_batch(batch, self._rename)), self._model)
+        return _node_column(table, self._record_node)
 
 
 # Ray Data restarts a dead actor and retries its task forever by default: a row that kills its worker (OOM kill,
@@ -117,7 +132,7 @@ def source_dataset(source: Source, plan: ResourcePlan) -> tuple[Any, dict[str, s
 
     if isinstance(source, FileListing):
         # One block per batch (finer for small inputs, so every actor gets a share): balanced work.
-        rows = source.table
+        rows = source.table.select(["id", "uri"])  # the listing's size and mtime stay here
         workers = plan.inference_actors + plan.preprocess_actors
         block_rows = max(1, min(plan.batch_size, -(-rows.num_rows // workers)))
         # from_blocks keeps our block boundaries and computes block metadata here (from_arrow runs a remote
@@ -156,12 +171,14 @@ def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename:
     )
 
 
-def build_dataset(graph: Graph, source: Source, plan: ResourcePlan, journal: Any) -> Any:
+def build_dataset(graph: Graph, source: Source, plan: ResourcePlan, journal: Any, record_node: bool = False) -> Any:
     """The Ray Data plan (lazy): source -> actors -> prediction tables; ``journal``: a CrashJournal actor."""
     import ray.data
 
     tune_data_context()
     dataset, rename = source_dataset(source, plan)
+    if isinstance(source, FileListing):  # its blocks are known: an actor without one would only idle
+        plan = plan.for_blocks(dataset.num_blocks())
     device_graph = graph.on_device(plan.device, 0, plan.ort_threads, plan.rows_per_ort_call)
     infer_args: dict[str, Any] = {
         "compute": ray.data.ActorPoolStrategy(size=plan.inference_actors),
@@ -173,11 +190,44 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan, journal: Any
         infer_args["num_gpus"] = plan.gpus_per_inference_actor
     if plan.layout == "fused":
         return _map_batches(
-            dataset, FusedActor, fn_constructor_args=(device_graph, plan.device, rename, journal), **infer_args
+            dataset,
+            FusedActor,
+            fn_constructor_args=(device_graph, plan.device, rename, journal, record_node),
+            **infer_args,
         )
     pixels = preprocessed_dataset(dataset, device_graph, plan, rename, journal)
-    infer_actor_args = (device_graph.inference, graph.model, plan.device, journal)
+    infer_actor_args = (device_graph.inference, graph.model, plan.device, journal, record_node)
     return _map_batches(pixels, InferenceActor, fn_constructor_args=infer_actor_args, **infer_args)
+
+
+def scored_tables(graph: Graph, source: Source, plan: ResourcePlan, *, record_node: bool = False) -> Iterator[pa.Table]:
+    """Run the pipeline and yield its prediction tables as they arrive (in no set order); needs a connected
+    Ray. ``record_node``: each row also carries the ``node_id`` of the Ray node that scored it.
+
+    A block whose worker died more often than its retries allow raises ``WorkerCrashedError``, naming the
+    rows found killing workers.
+    """
+    import ray
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    logger.info("scoring with %s", plan.describe())
+    journal = start_journal()
+    rows = 0
+    try:
+        dataset = build_dataset(graph, source, plan, journal, record_node=record_node)
+        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows += table.num_rows
+            yield table
+    except (ActorDiedError, ActorUnavailableError) as exc:
+        deadly = ray.get(journal.deadly_rows.remote())
+        named = f"; rows a worker died on: {', '.join(deadly[:10])}" if deadly else ""
+        raise WorkerCrashedError(
+            f"a scoring actor died after {rows} rows, more often than its {MAX_TASK_RETRIES} retries allow "
+            f"({type(exc).__name__}){named}: {str(exc).strip().splitlines()[0][:300]}"
+        ) from exc
+    finally:
+        ray.kill(journal)
+        forget_fault_reports()
 
 
 def run_batch(
@@ -203,31 +253,19 @@ def run_batch(
     start = started_at if started_at is not None else time.perf_counter()
     first_s: float | None = None
     first_rows = 0
-    logger.info("scoring with %s", plan.describe())
-    import ray
-    from ray.exceptions import ActorDiedError, ActorUnavailableError
-
-    journal = start_journal()
     try:
-        dataset = build_dataset(graph, source, plan, journal)
-        for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for table in scored_tables(graph, source, plan):
             writer.write(table)
             if first_s is None and table.num_rows:
                 first_s, first_rows = time.perf_counter() - start, table.num_rows
             if on_progress is not None:
                 on_progress(writer.rows, writer.error_rows)
-    except (ActorDiedError, ActorUnavailableError) as exc:
-        deadly = ray.get(journal.deadly_rows.remote())
-        named = f"; rows a worker died on: {', '.join(deadly[:10])}" if deadly else ""
+    except WorkerCrashedError as exc:
         raise WorkerCrashedError(
-            f"a scoring actor died after {writer.rows} rows, more often than its {MAX_TASK_RETRIES} retries allow "
-            f"({type(exc).__name__}){named}; nothing was published in {output_uri} (the next run replaces this "
-            f"attempt): {str(exc).strip().splitlines()[0][:300]}"
-        ) from exc
+            f"{exc}; nothing was published in {output_uri} (the next run replaces this attempt)"
+        ) from exc.__cause__
     finally:
         writer.close()
-        ray.kill(journal)
-        forget_fault_reports()
     summary = RunSummary(
         input_rows=input_rows,
         rows=writer.rows,
@@ -242,10 +280,15 @@ def run_batch(
     if input_rows is not None and summary.rows != input_rows:
         raise LostRowsError(f"lost rows: {input_rows} in, {summary.rows} out; please report this as a bug")
     writer.commit(summary.as_json())  # the dataset becomes visible, with _SUCCESS, only now
-    if max_error_fraction is not None and summary.rows and summary.error_rows / summary.rows > max_error_fraction:
+    check_error_budget(summary.rows, summary.error_rows, max_error_fraction, summary)
+    return summary
+
+
+def check_error_budget(rows: int, error_rows: int, max_error_fraction: float | None, summary: Any) -> None:
+    """Raise ``ErrorBudgetExceeded`` (carrying ``summary``) when the share of error rows passes the limit."""
+    if max_error_fraction is not None and rows and error_rows / rows > max_error_fraction:
         raise ErrorBudgetExceeded(
-            f"{summary.error_rows} of {summary.rows} rows failed ({summary.error_rows / summary.rows:.1%}), over the "
-            f"allowed {max_error_fraction:.1%}; the output holds every row with its error",
+            f"{error_rows} of {rows} rows failed ({error_rows / rows:.1%}), over the allowed "
+            f"{max_error_fraction:.1%}; the output holds every row with its error",
             summary,
         )
-    return summary

@@ -61,6 +61,13 @@ class ResourcePlan(BaseModel):
             raise ValueError("the split layout needs at least one preprocess actor")
         return self
 
+    def for_blocks(self, blocks: int) -> ResourcePlan:
+        """This plan with no more actors per pool than there are blocks to give them (a small input)."""
+        preprocess = min(self.preprocess_actors, blocks) if self.layout == "split" else self.preprocess_actors
+        return self.model_copy(
+            update={"inference_actors": min(self.inference_actors, blocks), "preprocess_actors": preprocess}
+        )
+
     @property
     def device(self) -> str:
         return "cuda" if self.gpus_per_inference_actor > 0 else "cpu"

@@ -24,7 +24,8 @@ SourceKind = Literal["auto", "folder", "glob", "uri_list", "parquet"]
 
 @dataclass(frozen=True)
 class FileListing:
-    """(id, uri) rows to read file by file."""
+    """(id, uri, size, mtime_ns) rows to read file by file; size and mtime come from the listing itself
+    (null for URI lists, which are not listed), for the nightly job's change detection."""
 
     table: pa.Table
 
@@ -69,7 +70,7 @@ def list_folder(root: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> Fi
             continue
         if extensions and not rel.lower().endswith(extensions):
             continue
-        rows.append((rel, _uri_of(root, info.path)))
+        rows.append((rel, _uri_of(root, info.path), info.size, info.mtime_ns))
     return _listing(sorted(rows), f"no image files ({', '.join(extensions)}) under {root}")
 
 
@@ -84,7 +85,7 @@ def list_glob(pattern: str) -> FileListing:
     for info in _list_files(fs, base):
         rel = posixpath.relpath(info.path, base)
         if fnmatch.fnmatchcase(rel, rel_pattern):
-            rows.append((rel, _uri_of(prefix, info.path)))
+            rows.append((rel, _uri_of(prefix, info.path), info.size, info.mtime_ns))
     return _listing(sorted(rows), f"no files match {pattern}")
 
 
@@ -94,14 +95,23 @@ def list_uris(listing_uri: str) -> FileListing:
     with fs.open_input_stream(path) as stream:
         lines = stream.read().decode("utf-8").splitlines()
     uris = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    return _listing([(u, u) for u in uris], f"{listing_uri} lists no URIs")
+    return _listing([(u, u, None, None) for u in uris], f"{listing_uri} lists no URIs")
 
 
-def _listing(rows: list[tuple[str, str]], empty_message: str) -> FileListing:
+def _listing(rows: list[tuple[str, str, int | None, int | None]], empty_message: str) -> FileListing:
     if not rows:
         raise InputError(empty_message)
-    ids, uris = zip(*rows, strict=True)
-    return FileListing(pa.table({"id": pa.array(ids, pa.string()), "uri": pa.array(uris, pa.string())}))
+    ids, uris, sizes, mtimes = zip(*rows, strict=True)
+    return FileListing(
+        pa.table(
+            {
+                "id": pa.array(ids, pa.string()),
+                "uri": pa.array(uris, pa.string()),
+                "size": pa.array(sizes, pa.int64()),
+                "mtime_ns": pa.array(mtimes, pa.int64()),
+            }
+        )
+    )
 
 
 def parquet_source(uri: str, id_column: str = "id", bytes_column: str = "image") -> ParquetSource:

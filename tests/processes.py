@@ -9,6 +9,7 @@ joined only by address. ``ray stop`` is never used: it stops every Ray on the ma
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -87,3 +88,22 @@ def http_status(url: str, token: str | None = None) -> int:
         return exc.code
     except OSError:
         return 0  # not listening yet
+
+
+def kill_ray_in(ray_tmpdir: Path) -> None:
+    """SIGKILL every process of the Ray instance kept in ``ray_tmpdir``, and their children (its workers):
+    what a driver that was killed leaves running."""
+    import signal
+
+    marker = str(ray_tmpdir)
+    mine = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                if marker in Path(f"/proc/{entry.name}/cmdline").read_bytes().decode(errors="replace"):
+                    mine.append(int(entry.name))
+            except OSError:
+                continue
+    for pid in {p for root in mine for p in [root, *descendants(root)]}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

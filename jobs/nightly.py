@@ -1,0 +1,154 @@
+"""Nightly scoring entry point: score what is new or changed into a Delta Lake table, exactly once.
+
+    streamscore nightly SOURCE TABLE --model NAME[:VERSION]
+    ray job submit --working-dir . -- python jobs/nightly.py SOURCE TABLE --model NAME[:VERSION]
+
+Run it as often as you like (cron, a Kubernetes CronJob, a KubeRay RayCronJob): each run scores the inputs whose
+(id, fingerprint, model version) the table does not hold yet, commits them in one Delta commit, and a run that
+was killed is finished by running the same command again. Exit status: 0 done (or nothing new), 2 an error,
+3 the share of error rows passed --max-error-fraction (the rows are committed anyway), 4 another run of this
+job is in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import get_args
+
+if __package__ in (None, ""):  # run as a script (ray job submit): make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from common.errors import ConfigError  # noqa: E402
+from jobs import console  # noqa: E402
+from jobs.batch_score import (  # noqa: E402
+    add_error_budget,
+    add_model_arguments,
+    add_resource_arguments,
+    resource_overrides,
+    source_of,
+)
+from jobs.options import add_scoring_options, scoring_options  # noqa: E402
+from pipeline.fingerprints import FingerprintMode  # noqa: E402
+
+EXAMPLE = "example: streamscore nightly jobs/demo_images out/nightly.delta --model efficientnet-lite0"
+EXIT_IN_PROGRESS = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.nightly import DEFAULT_SHARD_ROWS, RETRIED_REASONS
+
+    parser.epilog = EXAMPLE
+    parser.add_argument("input", help="a folder (read recursively), a glob or a .txt file of URIs")
+    parser.add_argument("table", help="the Delta Lake table (a folder or URI; made on the first run)")
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--job-id", help="the job's application id in the table (default: from the model name and INPUT)"
+    )
+    parser.add_argument(
+        "--fingerprint",
+        choices=get_args(FingerprintMode),
+        default="metadata",
+        help="what makes an input changed: its size and modification time (default), or a hash of its bytes",
+    )
+    parser.add_argument(
+        "--shard-rows", type=int, default=DEFAULT_SHARD_ROWS, help="rows per resumable shard (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--retry-reasons",
+        default=",".join(sorted(RETRIED_REASONS)),
+        help="error reasons scored again on the next run, comma-separated (default: %(default)s)",
+    )
+    add_error_budget(parser)
+    add_scoring_options(parser)
+    add_resource_arguments(parser)
+    parser.add_argument("--report-json", help="also write the run report as JSON to this path")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def run(args: argparse.Namespace, started_at: float | None = None) -> int:
+    import ray
+
+    from operators.reasons import Reason
+    from pipeline.graph import build_graph
+    from pipeline.model_ref import ModelRef
+    from pipeline.models import ModelRepository
+    from pipeline.nightly import NightlyJob, RunInProgressError, default_job_id, run_nightly
+    from pipeline.planner import ResourcePlan, plan_resources
+    from pipeline.sources import FileListing
+
+    started_at = started_at if started_at is not None else time.perf_counter()
+    options = scoring_options(args)
+    overrides = resource_overrides(args)
+    source = source_of(args)
+    if not isinstance(source, FileListing):
+        raise ConfigError("nightly reads files (a folder, a glob or a URI list); Parquet inputs are not supported yet")
+    if args.shard_rows < 1:
+        raise ConfigError("--shard-rows must be at least 1")
+    retried = frozenset(r.strip() for r in args.retry_reasons.split(",") if r.strip())
+    unknown = sorted(retried - {r.value for r in Reason})
+    if unknown:
+        raise ConfigError(f"--retry-reasons: unknown reasons {unknown}; reasons: {[r.value for r in Reason]}")
+    repository = ModelRepository(console.models_dir(args))
+    ref = ModelRef.parse(args.model)
+    graph = build_graph(ref, repository, options, read_files=True)
+
+    def planner() -> ResourcePlan:
+        console.connect_ray(args.address)
+        return plan_resources(ray.cluster_resources(), overrides)
+
+    job = NightlyJob(
+        graph=graph,
+        source=source,
+        table_uri=args.table,
+        planner=planner,
+        job_id=args.job_id or default_job_id(args.input, ref.name),
+        fingerprint=args.fingerprint,
+        shard_rows=args.shard_rows,
+        retried_reasons=retried,
+    )
+    try:
+        reports = run_nightly(job)
+    except RunInProgressError as exc:
+        print(f"streamscore: {exc}", file=sys.stderr)
+        return EXIT_IN_PROGRESS
+    for report in reports:
+        print(report.render())
+    total_s = time.perf_counter() - started_at
+    print(f"total wall time: {total_s:.1f} s (Ray's start-up included)")
+    if args.report_json:
+        body = {"runs": [r.as_json() for r in reports], "wall_s": total_s}
+        try:
+            Path(args.report_json).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write the report to {args.report_json}: {exc.strerror}") from None
+    rows = sum(r.frozen for r in reports if r.outcome == "committed")
+    errors = sum(sum(r.errors_by_reason.values()) for r in reports if r.outcome == "committed")
+    if args.max_error_fraction is not None and rows and errors / rows > args.max_error_fraction:
+        print(
+            f"streamscore: {errors} of {rows} rows failed ({errors / rows:.1%}), over the allowed "
+            f"{args.max_error_fraction:.1%}; the rows are committed with their errors",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    started_at = console.process_started_at()
+    parser = argparse.ArgumentParser(
+        prog="nightly", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    console.setup_logging()
+    return console.run_command(lambda: run(args, started_at))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

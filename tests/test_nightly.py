@@ -1,0 +1,242 @@
+"""The nightly job on a real local Ray and real Delta tables: incremental, exactly once, resumable.
+
+In-process runs share the session's Ray; the kill tests run ``streamscore nightly`` as a user does, each with
+its own local Ray, and kill it for real (the documented fault hook SIGKILLs the driver at a chosen point).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+
+from pipeline.graph import build_graph
+from pipeline.models import ModelRepository
+from pipeline.nightly import FAULT_ENV, NightlyJob, RunReport, run_nightly
+from pipeline.planner import ResourceOverrides, plan_resources
+from pipeline.sources import detect_source
+from tests.conftest import MODELS_DIR, REPO
+from tests.processes import clean_env, kill_ray_in, short_tmp_dir
+
+pytestmark = pytest.mark.slow
+
+
+def _images(folder: Path, digit_files: list[tuple[Path, int]], count: int, start: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, _ in digit_files[start : start + count]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def _night(ray_cluster, source: str, table: Path, repository=None, model: str = "digits", **job) -> list[RunReport]:  # type: ignore[no-untyped-def]
+    repository = repository or ModelRepository(str(MODELS_DIR))
+    graph = build_graph(model, repository, read_files=True)
+    planned = []
+
+    def planner():  # type: ignore[no-untyped-def]
+        planned.append(1)
+        return plan_resources(ray_cluster, ResourceOverrides(layout="fused", batch_size=8))
+
+    reports = run_nightly(
+        NightlyJob(graph, detect_source(source), str(table), planner, job.pop("job_id", "test-job"), **job)
+    )
+    for report in reports:
+        report.planned = bool(planned)  # type: ignore[attr-defined]
+    return reports
+
+
+def _rows(table: Path) -> pa.Table:
+    return DeltaTable(str(table)).to_pyarrow_table()
+
+
+def test_the_first_night_scores_everything_and_the_next_nothing(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images, table = _images(tmp_path / "images", digit_files, 30), tmp_path / "scores.delta"
+    (first,) = _night(ray_cluster, str(images), table)
+    assert (first.outcome, first.frozen, first.scored_now, first.skipped) == ("committed", 30, 30, 0)
+    rows = _rows(table)
+    assert sorted(rows.column("id").to_pylist()) == sorted(p.name for p in images.iterdir())
+    truth = {path.name: str(label) for path, label in digit_files[:30]}
+    correct = sum(r["label"] == truth[r["id"]] for r in rows.to_pylist())
+    assert correct >= 27, correct  # the digits model, on held-out digits
+    assert set(rows.column("run_version").to_pylist()) == {1} and rows.column("node_id").null_count == 0
+    version = DeltaTable(str(table)).version()
+
+    (second,) = _night(ray_cluster, str(images), table)
+    assert (second.outcome, second.frozen, second.skipped) == ("nothing new", 0, 30)
+    assert not second.planned  # type: ignore[attr-defined]  # a night with nothing new never starts scoring
+    assert DeltaTable(str(table)).version() == version
+
+
+def test_the_data_stack_reads_the_table(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import duckdb
+    import polars as pl
+    import ray.data
+
+    images, table = _images(tmp_path / "images", digit_files, 12), tmp_path / "scores.delta"
+    _night(ray_cluster, str(images), table)
+    by_polars = pl.read_delta(str(table)).filter(pl.col("error").is_null()).select("id", "label", "score")
+    assert by_polars.height == 12
+    duck = duckdb.connect()
+    duck.register("scores", DeltaTable(str(table)).to_pyarrow_dataset())  # DuckDB scans delta-rs' Arrow dataset
+    counted = duck.sql("SELECT model_version, count(*) FROM scores GROUP BY model_version").fetchall()
+    assert counted == [("1", 12)]
+    assert ray.data.read_delta(str(table)).count() == 12
+
+
+def test_new_changed_and_new_model_version_inputs_are_scored_once(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images, table = _images(tmp_path / "images", digit_files, 30), tmp_path / "scores.delta"
+    _night(ray_cluster, str(images), table)
+    _images(images, digit_files, 6, start=30)  # six new files
+    changed = sorted(images.iterdir())[:3]
+    for path, (other, _) in zip(changed, digit_files[40:43], strict=True):
+        shutil.copy(other, path)  # new content under an old name
+    counts, stop = set(), threading.Event()
+
+    def poll() -> None:  # a reader during the run sees the table before the commit or after it
+        while not stop.is_set():
+            counts.add(DeltaTable(str(table)).to_pyarrow_dataset().count_rows())
+            time.sleep(0.02)
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        (night,) = _night(ray_cluster, str(images), table)
+    finally:
+        stop.set()
+        reader.join()
+    assert (night.frozen, night.skipped, night.scored_now) == (9, 30 - 3, 9)
+    assert counts <= {30, 39} and 30 in counts
+    rows = _rows(table)
+    assert rows.num_rows == 39
+    keys = {(r["id"], r["fingerprint"]) for r in rows.to_pylist()}
+    assert len(keys) == 39  # no (id, fingerprint) twice
+
+    repository = ModelRepository(str(tmp_path / "models"))  # the same model again, as version 2
+    shutil.copytree(MODELS_DIR / "digits" / "1", tmp_path / "models" / "digits" / "1")
+    shutil.copytree(MODELS_DIR / "digits" / "1", tmp_path / "models" / "digits" / "2")
+    manifest = tmp_path / "models" / "digits" / "2" / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": "2"}))
+    (upgraded,) = _night(ray_cluster, str(images), table, repository=repository)
+    assert (upgraded.model_version, upgraded.frozen, upgraded.skipped) == ("2", 36, 0)
+    assert _rows(table).filter(pc.equal(pc.field("model_version"), "2")).num_rows == 36
+
+
+def test_storage_failures_are_retried_and_damaged_files_are_not(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images = _images(tmp_path / "images", digit_files, 3)
+    damaged = images / "damaged.png"
+    damaged.write_bytes(digit_files[5][0].read_bytes()[:60])  # truncated: the same bytes fail the same way
+    listing = tmp_path / "inputs.txt"
+    names = [str(p) for p in sorted(images.iterdir())] + [str(tmp_path / "not-there-yet.png")]
+    listing.write_text("\n".join(names) + "\n")
+    table = tmp_path / "scores.delta"
+    (first,) = _night(ray_cluster, str(listing), table)
+    assert first.errors_by_reason == {"read_failed": 1, "truncated": 1}
+
+    (second,) = _night(ray_cluster, str(listing), table)
+    assert (second.frozen, second.skipped) == (1, 4)  # only the read failure is tried again
+    assert second.errors_by_reason == {"read_failed": 1}
+    shutil.copy(digit_files[7][0], tmp_path / "not-there-yet.png")  # the file arrives
+    (third,) = _night(ray_cluster, str(listing), table)
+    assert third.frozen == 1 and third.errors_by_reason == {}
+    outcomes = [r["error"] is None for r in _rows(table).to_pylist() if r["id"].endswith("not-there-yet.png")]
+    assert sorted(outcomes) == [False, False, True]
+
+
+def test_a_content_fingerprint_ignores_a_rewrite_with_the_same_bytes(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images, table = _images(tmp_path / "images", digit_files, 8), tmp_path / "scores.delta"
+    _night(ray_cluster, str(images), table, fingerprint="content")
+    touched = sorted(images.iterdir())[0]
+    touched.write_bytes(touched.read_bytes())  # a new modification time, the same bytes
+    os.utime(touched, (time.time() + 60, time.time() + 60))
+    (same,) = _night(ray_cluster, str(images), table, fingerprint="content")
+    assert same.outcome == "nothing new"
+    (by_metadata,) = _night(ray_cluster, str(images), table, job_id="by-metadata")
+    assert by_metadata.frozen == 8  # another job id: its own fingerprints (metadata), so its own rows
+
+
+# ---------------------------------------------------------------------- real kills of `streamscore nightly`
+def _nightly_command(images: Path, table: Path, report: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "jobs.cli", "nightly", str(images), str(table), "--model", "digits",
+        "--models-dir", str(MODELS_DIR), "--shard-rows", "10", "--batch-size", "8", "--report-json", str(report),
+    ]  # fmt: skip
+
+
+def _run_nightly_cli(
+    command: list[str], fault: str | None = None, timeout_s: float = 240
+) -> subprocess.CompletedProcess:
+    ray_tmpdir = short_tmp_dir("ss-night-")
+    env = clean_env(RAY_TMPDIR=str(ray_tmpdir), **({FAULT_ENV: fault} if fault else {}))
+    try:
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        kill_ray_in(ray_tmpdir)  # a killed driver leaves its local Ray running
+        shutil.rmtree(ray_tmpdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("fault", ["after_claim", "after_shards=2", "before_commit", "after_commit"])
+def test_a_killed_run_is_completed_by_running_the_same_command_again(digit_files, tmp_path: Path, fault: str) -> None:  # type: ignore[no-untyped-def]
+    images, table, report = (
+        _images(tmp_path / "images", digit_files, 40),
+        tmp_path / "scores.delta",
+        tmp_path / "r.json",
+    )
+    command = _nightly_command(images, table, report)
+    killed = _run_nightly_cli(command, fault)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    committed_before = DeltaTable(str(table)).to_pyarrow_dataset().count_rows()
+    assert committed_before == (40 if fault == "after_commit" else 0)
+
+    again = _run_nightly_cli(command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    runs = json.loads(report.read_text())["runs"]
+    if fault == "after_commit":
+        assert [r["outcome"] for r in runs] == ["nothing new"]
+    else:
+        resumed = runs[0]
+        assert resumed["resumed"] and resumed["outcome"] == "committed" and resumed["run_version"] == 1
+        assert resumed["shards"] == 4 and resumed["shards_reused"] == {"after_shards=2": 2, "before_commit": 4}.get(
+            fault, 0
+        )
+        assert resumed["scored_now"] == 40 - 10 * resumed["shards_reused"]
+        assert runs[1]["outcome"] == "nothing new"
+    ids = _rows(table).column("id").to_pylist()
+    assert sorted(ids) == sorted(p.name for p in images.iterdir())  # every input exactly once
+    assert not list((table / "_streamscore").glob("*/run-*"))  # the staging is gone once committed
+
+
+def test_two_runs_started_at_once_commit_once(digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images, table = _images(tmp_path / "images", digit_files, 20), tmp_path / "scores.delta"
+    reports = [tmp_path / "a.json", tmp_path / "b.json"]
+    outcomes: list[subprocess.CompletedProcess] = [None, None]  # type: ignore[list-item]
+
+    def start(i: int) -> None:
+        outcomes[i] = _run_nightly_cli(_nightly_command(images, table, reports[i]))
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    codes = sorted(run.returncode for run in outcomes)
+    assert codes in ([0, 0], [0, 4]), [run.stderr[-1000:] for run in outcomes]
+    committed = [
+        r
+        for path in reports
+        if path.exists()
+        for r in json.loads(path.read_text())["runs"]
+        if r["outcome"] == "committed"
+    ]
+    assert len(committed) == 1
+    ids = _rows(table).column("id").to_pylist()
+    assert sorted(ids) == sorted(p.name for p in images.iterdir())
