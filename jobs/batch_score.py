@@ -27,7 +27,7 @@ from pydantic import ValidationError  # noqa: E402
 from common.errors import ConfigError, ErrorBudgetExceeded  # noqa: E402
 from jobs import console  # noqa: E402
 from jobs.options import add_scoring_options, described, scoring_options  # noqa: E402
-from pipeline.planner import ResourceOverrides  # noqa: E402
+from pipeline.planner import POOL_GROWTH, ResourceOverrides  # noqa: E402
 from pipeline.sources import Source, SourceKind, detect_source  # noqa: E402
 
 if TYPE_CHECKING:
@@ -92,6 +92,9 @@ def add_resource_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--ort-threads", type=int, help="ONNX Runtime intra-op threads per inference actor")
     tuning.add_argument("--rows-per-ort-call", type=int, help="split each batch into ORT calls of this many rows")
     tuning.add_argument("--reserved-cpus", type=float, help="CPUs kept free for Ray Data read/write tasks")
+    growth = f"(default: {POOL_GROWTH}x the start size)"
+    tuning.add_argument("--max-preprocess-actors", type=int, help=f"how far the pool may grow as nodes join {growth}")
+    tuning.add_argument("--max-inference-actors", type=int, help=f"how far the pool may grow as nodes join {growth}")
 
 
 def resource_overrides(args: argparse.Namespace) -> ResourceOverrides:

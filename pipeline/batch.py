@@ -164,7 +164,7 @@ def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename:
         dataset,
         PreprocessActor,
         fn_constructor_args=(graph.preprocess, rename, journal),
-        compute=ray.data.ActorPoolStrategy(size=plan.preprocess_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=plan.preprocess_actors, max_size=plan.max_preprocess_actors),
         num_cpus=plan.cpus_per_preprocess_actor,
         batch_size=plan.batch_size,
         batch_format="numpy",
@@ -181,7 +181,7 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan, journal: Any
         plan = plan.for_blocks(dataset.num_blocks())
     device_graph = graph.on_device(plan.device, 0, plan.ort_threads, plan.rows_per_ort_call)
     infer_args: dict[str, Any] = {
-        "compute": ray.data.ActorPoolStrategy(size=plan.inference_actors),
+        "compute": ray.data.ActorPoolStrategy(min_size=plan.inference_actors, max_size=plan.max_inference_actors),
         "num_cpus": plan.cpus_per_inference_actor,
         "batch_size": plan.batch_size,
         "batch_format": "numpy",

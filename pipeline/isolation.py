@@ -79,10 +79,14 @@ class CrashJournal:
 
 
 def start_journal() -> Any:
-    """A CrashJournal actor for one run (no CPU: it must never wait for the actors it serves)."""
+    """A CrashJournal actor for one run (no CPU: it must never wait for the actors it serves), on the driver's
+    node: a worker node lost mid-run must not take the journal with it."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return ray.remote(num_cpus=0)(CrashJournal).remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    journal = ray.remote(CrashJournal).options(num_cpus=0, scheduling_strategy=here)
+    return journal.remote()
 
 
 def _fault_report_path(pid: int) -> Path:

@@ -37,6 +37,15 @@ class ResourceOverrides(BaseModel):
     ort_threads: int | None = Field(default=None, ge=1)
     rows_per_ort_call: int | None = Field(default=None, ge=1)
     reserved_cpus: float | None = Field(default=None, ge=0)
+    # How far the actor pools may grow onto nodes that join a running job (autoscaling, KubeRay, spot
+    # replacements). None: POOL_GROWTH times the start size.
+    max_preprocess_actors: int | None = Field(default=None, ge=1)
+    max_inference_actors: int | None = Field(default=None, ge=1)
+
+
+# Pools start at the size the cluster holds at start and may grow to this many times that as nodes join; Ray
+# Data adds actors only when there is backlog and the cluster has room for them.
+POOL_GROWTH = 8
 
 
 class ResourcePlan(BaseModel):
@@ -54,18 +63,28 @@ class ResourcePlan(BaseModel):
     ort_threads: int
     rows_per_ort_call: int | None  # None: each block in one ORT call
     io_task_cpus: float  # what each read/write task reserves
+    # The pools' upper bounds (>= their start sizes above): Ray Data grows a pool onto nodes that join.
+    max_preprocess_actors: int = 0
+    max_inference_actors: int = 0
 
     @model_validator(mode="after")
     def _fits(self) -> ResourcePlan:
         if self.layout == "split" and self.preprocess_actors < 1:
             raise ValueError("the split layout needs at least one preprocess actor")
+        if self.max_inference_actors < self.inference_actors or self.max_preprocess_actors < self.preprocess_actors:
+            raise ValueError("an actor pool's maximum is below its start size")
         return self
 
     def for_blocks(self, blocks: int) -> ResourcePlan:
         """This plan with no more actors per pool than there are blocks to give them (a small input)."""
-        preprocess = min(self.preprocess_actors, blocks) if self.layout == "split" else self.preprocess_actors
+        split = self.layout == "split"
         return self.model_copy(
-            update={"inference_actors": min(self.inference_actors, blocks), "preprocess_actors": preprocess}
+            update={
+                "inference_actors": min(self.inference_actors, blocks),
+                "max_inference_actors": min(self.max_inference_actors, blocks),
+                "preprocess_actors": min(self.preprocess_actors, blocks) if split else self.preprocess_actors,
+                "max_preprocess_actors": min(self.max_preprocess_actors, blocks) if split else 0,
+            }
         )
 
     @property
@@ -74,20 +93,27 @@ class ResourcePlan(BaseModel):
 
     def describe(self) -> str:
         infer = (
-            f"{self.inference_actors} inference actor(s) x {self.cpus_per_inference_actor:g} CPU"
+            f"{self.inference_actors} inference actor(s) (up to {self.max_inference_actors})"
+            f" x {self.cpus_per_inference_actor:g} CPU"
             f" x {self.gpus_per_inference_actor:g} GPU, {self.ort_threads} ORT thread(s)"
             + (f", ORT on {self.rows_per_ort_call} rows per call" if self.rows_per_ort_call else "")
         )
         if self.layout == "fused":
             return f"fused layout: {infer} (each also decodes), batch {self.batch_size}"
         return (
-            f"split layout: {self.preprocess_actors} preprocess actor(s) x {self.cpus_per_preprocess_actor:g} CPU, "
+            f"split layout: {self.preprocess_actors} preprocess actor(s) (up to {self.max_preprocess_actors})"
+            f" x {self.cpus_per_preprocess_actor:g} CPU, "
             f"{infer}, batch {self.batch_size}"
         )
 
 
 # Blocks stay large (Ray's cost is per block) but ORT runs them on CPU a few rows at a time (faster per image).
 CPU_ROWS_PER_ORT_CALL = 4
+
+
+def _ceiling(start: int, override: int | None) -> int:
+    """A pool's upper bound: the user's, or POOL_GROWTH times its start size; never below the start size."""
+    return max(start, override or POOL_GROWTH * start)
 
 
 def _floor4(value: float) -> float:
@@ -118,6 +144,7 @@ def plan_resources(cluster: dict[str, float], overrides: ResourceOverrides | Non
             preprocess_actors=0,
             cpus_per_preprocess_actor=0.0,
             inference_actors=actors,
+            max_inference_actors=_ceiling(actors, o.max_inference_actors),
             cpus_per_inference_actor=_floor4(cpus_each),
             gpus_per_inference_actor=gpus_each,
             ort_threads=o.ort_threads or 1,
@@ -146,8 +173,10 @@ def plan_resources(cluster: dict[str, float], overrides: ResourceOverrides | Non
             layout="split",
             batch_size=o.batch_size or (64 if gpus_each else 16),
             preprocess_actors=pre_actors,
+            max_preprocess_actors=_ceiling(pre_actors, o.max_preprocess_actors),
             cpus_per_preprocess_actor=_floor4(cpus_pre),
             inference_actors=infer_actors,
+            max_inference_actors=_ceiling(infer_actors, o.max_inference_actors),
             cpus_per_inference_actor=_floor4(cpus_infer),
             gpus_per_inference_actor=gpus_each,
             ort_threads=o.ort_threads or (1 if gpus_each else max(1, math.floor(cpus_infer + 1e-9))),

@@ -26,7 +26,8 @@ def ray_cluster() -> Iterator[dict[str, float]]:
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     use_fast_ingress()  # the serving tests run the app as `streamscore serve` does
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    # "local": a fresh instance, never a cluster that another test (or `ray start`) left recorded on the machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     yield ray.cluster_resources()

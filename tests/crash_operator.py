@@ -1,4 +1,5 @@
-"""A test-only operator that kills its own process on a marker image, as a poison input would.
+"""Test-only operators: one kills its own process on a marker image, as a poison input would; one takes a
+set time per row, so that a run lasts as long as a test needs while using almost no CPU.
 
 A model's manifest names it (``preprocess.operators``, ``module: tests.crash_operator``), so the batch job's
 actors and the Serve replicas import and run it like any model step. A marker is an image of one solid grey:
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +74,35 @@ def memory_cgroup(name: str, limit_bytes: int) -> Path | None:
     return folder
 
 
-def crashing_repository(root: Path, oom_cgroup: Path | None = None) -> ModelRepository:
-    """digits with the test-only crash step in its manifest, as a model's own operator."""
+class SleepParams(Params):
+    seconds_per_row: float = 0.05
+
+
+@register("sleep_per_row")
+class SleepPerRow(Operator):
+    Params = SleepParams
+    reads = (Column("pixels", "uint8", ("N", "H", "W", "C")),)
+    writes = (Column("pixels", "uint8", ("N", "H", "W", "C")), ERROR_COLUMN)
+    params: SleepParams
+
+    def __call__(self, batch: Batch) -> Batch:
+        time.sleep(self.params.seconds_per_row * len(batch["pixels"]))
+        return batch
+
+
+def digits_with_step(root: Path, name: str, **params: object) -> ModelRepository:
+    """digits with one of the test-only steps in its manifest, as a model's own operator."""
     shutil.copytree(_MODELS_DIR / "digits" / "1", root / "digits" / "1")
     manifest_path = root / "digits" / "1" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    step = {"name": "crash_on_marker", "module": "tests.crash_operator"}
-    if oom_cgroup is not None:
-        step["params"] = {"oom_cgroup": str(oom_cgroup)}
+    step: dict[str, object] = {"name": name, "module": "tests.crash_operator"}
+    if params:
+        step["params"] = params
     manifest["preprocess"]["operators"] = [step]
     manifest_path.write_text(json.dumps(manifest))
     return ModelRepository(str(root))
+
+
+def crashing_repository(root: Path, oom_cgroup: Path | None = None) -> ModelRepository:
+    """digits with the test-only crash step."""
+    return digits_with_step(root, "crash_on_marker", **({"oom_cgroup": str(oom_cgroup)} if oom_cgroup else {}))

@@ -1,7 +1,6 @@
-"""The nightly job on a real local Ray and real Delta tables: incremental, exactly once, resumable.
+"""The nightly job on the session's real local Ray and real Delta tables: incremental and exactly once.
 
-In-process runs share the session's Ray; the kill tests run ``streamscore nightly`` as a user does, each with
-its own local Ray, and kill it for real (the documented fault hook SIGKILLs the driver at a chosen point).
+Kills (driver, actor, node) and concurrent runs are in ``tests/test_multi_node.py``, on a multi-node cluster.
 """
 
 from __future__ import annotations
@@ -9,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,11 +19,10 @@ from deltalake import DeltaTable
 
 from pipeline.graph import build_graph
 from pipeline.models import ModelRepository
-from pipeline.nightly import FAULT_ENV, NightlyJob, RunReport, run_nightly
+from pipeline.nightly import NightlyJob, RunReport, run_nightly
 from pipeline.planner import ResourceOverrides, plan_resources
 from pipeline.sources import detect_source
-from tests.conftest import MODELS_DIR, REPO
-from tests.processes import clean_env, kill_ray_in, short_tmp_dir
+from tests.conftest import MODELS_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -162,81 +158,3 @@ def test_a_content_fingerprint_ignores_a_rewrite_with_the_same_bytes(ray_cluster
     assert same.outcome == "nothing new"
     (by_metadata,) = _night(ray_cluster, str(images), table, job_id="by-metadata")
     assert by_metadata.frozen == 8  # another job id: its own fingerprints (metadata), so its own rows
-
-
-# ---------------------------------------------------------------------- real kills of `streamscore nightly`
-def _nightly_command(images: Path, table: Path, report: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "jobs.cli", "nightly", str(images), str(table), "--model", "digits",
-        "--models-dir", str(MODELS_DIR), "--shard-rows", "10", "--batch-size", "8", "--report-json", str(report),
-    ]  # fmt: skip
-
-
-def _run_nightly_cli(
-    command: list[str], fault: str | None = None, timeout_s: float = 240
-) -> subprocess.CompletedProcess:
-    ray_tmpdir = short_tmp_dir("ss-night-")
-    env = clean_env(RAY_TMPDIR=str(ray_tmpdir), **({FAULT_ENV: fault} if fault else {}))
-    try:
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
-    finally:
-        kill_ray_in(ray_tmpdir)  # a killed driver leaves its local Ray running
-        shutil.rmtree(ray_tmpdir, ignore_errors=True)
-
-
-@pytest.mark.parametrize("fault", ["after_claim", "after_shards=2", "before_commit", "after_commit"])
-def test_a_killed_run_is_completed_by_running_the_same_command_again(digit_files, tmp_path: Path, fault: str) -> None:  # type: ignore[no-untyped-def]
-    images, table, report = (
-        _images(tmp_path / "images", digit_files, 40),
-        tmp_path / "scores.delta",
-        tmp_path / "r.json",
-    )
-    command = _nightly_command(images, table, report)
-    killed = _run_nightly_cli(command, fault)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    committed_before = DeltaTable(str(table)).to_pyarrow_dataset().count_rows()
-    assert committed_before == (40 if fault == "after_commit" else 0)
-
-    again = _run_nightly_cli(command)
-    assert again.returncode == 0, again.stderr[-2000:]
-    runs = json.loads(report.read_text())["runs"]
-    if fault == "after_commit":
-        assert [r["outcome"] for r in runs] == ["nothing new"]
-    else:
-        resumed = runs[0]
-        assert resumed["resumed"] and resumed["outcome"] == "committed" and resumed["run_version"] == 1
-        assert resumed["shards"] == 4 and resumed["shards_reused"] == {"after_shards=2": 2, "before_commit": 4}.get(
-            fault, 0
-        )
-        assert resumed["scored_now"] == 40 - 10 * resumed["shards_reused"]
-        assert runs[1]["outcome"] == "nothing new"
-    ids = _rows(table).column("id").to_pylist()
-    assert sorted(ids) == sorted(p.name for p in images.iterdir())  # every input exactly once
-    assert not list((table / "_streamscore").glob("*/run-*"))  # the staging is gone once committed
-
-
-def test_two_runs_started_at_once_commit_once(digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    images, table = _images(tmp_path / "images", digit_files, 20), tmp_path / "scores.delta"
-    reports = [tmp_path / "a.json", tmp_path / "b.json"]
-    outcomes: list[subprocess.CompletedProcess] = [None, None]  # type: ignore[list-item]
-
-    def start(i: int) -> None:
-        outcomes[i] = _run_nightly_cli(_nightly_command(images, table, reports[i]))
-
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    codes = sorted(run.returncode for run in outcomes)
-    assert codes in ([0, 0], [0, 4]), [run.stderr[-1000:] for run in outcomes]
-    committed = [
-        r
-        for path in reports
-        if path.exists()
-        for r in json.loads(path.read_text())["runs"]
-        if r["outcome"] == "committed"
-    ]
-    assert len(committed) == 1
-    ids = _rows(table).column("id").to_pylist()
-    assert sorted(ids) == sorted(p.name for p in images.iterdir())

@@ -1,0 +1,222 @@
+"""The nightly job on a real multi-node Ray cluster on 127.0.0.1 (a head and worker raylets), with real kills.
+
+``streamscore nightly --address`` runs as a user's driver would; the cluster outlives it (``tests/cluster_keeper.py``).
+Every scenario ends with the same check: each input of the frozen set is in the table exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from pipeline.nightly import FAULT_ENV
+from tests.conftest import MODELS_DIR, REPO, wait_for
+from tests.crash_operator import digits_with_step
+from tests.processes import clean_env, descendants
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Keeper:
+    process: subprocess.Popen
+    address: str
+    nodes: list[str]
+
+    def ask(self, command: str) -> dict:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Keeper]:
+    """A head (no CPUs: the driver's) and two 1-CPU worker nodes, each its own raylet."""
+    command = [sys.executable, "-m", "tests.cluster_keeper", "--workers", "2", "--cpus", "1"]
+    process = subprocess.Popen(
+        command, cwd=REPO, env=clean_env(RAY_AUTH_MODE="disabled"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        started = json.loads(process.stdout.readline())
+        yield Keeper(process, started["address"], started["nodes"])
+    finally:
+        started_pids = descendants(process.pid)
+        with __import__("contextlib").suppress(OSError, BrokenPipeError):
+            process.stdin.write("quit\n")  # type: ignore[union-attr]
+            process.stdin.flush()  # type: ignore[union-attr]
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        for pid in started_pids:  # whatever the shutdown left
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def slow_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits taking 50 ms a row (a test-only step that sleeps): runs last as long as a scenario needs while
+    the two cores stay free for Ray."""
+    root = tmp_path_factory.mktemp("slow-models")
+    digits_with_step(root, "sleep_per_row", seconds_per_row=0.05)
+    return root
+
+
+def _digits(folder: Path, digit_files: list[tuple[Path, int]], n: int) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(n):
+        path = digit_files[i % len(digit_files)][0]
+        shutil.copy(path, folder / f"{i:04d}-{path.name}")
+    return folder
+
+
+def _command(cluster: Keeper, images: Path, table: Path, report: Path, models: Path = MODELS_DIR) -> list[str]:
+    return [
+        sys.executable, "-m", "jobs.cli", "nightly", str(images), str(table), "--model", "digits",
+        "--models-dir", str(models), "--address", cluster.address, "--shard-rows", "20", "--batch-size", "8",
+        "--report-json", str(report),
+    ]  # fmt: skip
+
+
+def _start(command: list[str], fault: str | None = None) -> subprocess.Popen:
+    env = clean_env(RAY_AUTH_MODE="disabled", **({FAULT_ENV: fault} if fault else {}))
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(run: subprocess.Popen, timeout_s: float = 240) -> tuple[int, str]:
+    out, _ = run.communicate(timeout=timeout_s)
+    return run.returncode, out
+
+
+def _shards_written(table: Path) -> int:
+    return len(list((table / "_streamscore").glob("*/run-*/*/shard-*.parquet")))
+
+
+def _exactly_once(table: Path, images: Path) -> list[dict]:
+    rows = DeltaTable(str(table)).to_pyarrow_table().to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(p.name for p in images.iterdir())
+    return rows
+
+
+def test_rows_are_scored_on_every_node_including_one_that_joins_mid_run(
+    cluster: Keeper, slow_digits: Path, digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # 40 s on two actors: long enough for Ray Data to see the new node, since its autoscaling coordinator
+    # refreshes the cluster's resources every 20 s (Ray 2.60); only then may a pool grow.
+    images, table, report = _digits(tmp_path / "images", digit_files, 1600), tmp_path / "t.delta", tmp_path / "r.json"
+    run = _start(_command(cluster, images, table, report, slow_digits))
+    wait_for(lambda: _shards_written(table) > 0 or run.poll() is not None, 180, 0.05)
+    joined = cluster.ask("add 1")["node_id"]  # as an autoscaler or a spot replacement would
+    code, out = _finish(run)
+    assert code == 0, out[-3000:]
+    nodes = {r["node_id"] for r in _exactly_once(table, images)}
+    assert set(cluster.nodes) <= nodes, nodes  # both nodes there at the start scored rows
+    assert joined in nodes  # and the pool grew onto the node that joined
+    cluster.ask(f"kill {joined}")  # back to two nodes for the next tests
+
+
+def test_a_worker_node_killed_mid_run_still_ends_with_every_input_once(
+    cluster: Keeper, slow_digits: Path, digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    images, table, report = _digits(tmp_path / "images", digit_files, 400), tmp_path / "t.delta", tmp_path / "r.json"
+    command = _command(cluster, images, table, report, slow_digits)
+    run = _start(command)
+    wait_for(lambda: _shards_written(table) > 0 or run.poll() is not None, 180, 0.05)
+    victim = cluster.nodes.pop(0)
+    cluster.ask(f"kill {victim}")  # its raylet and every worker on it, SIGKILL
+    cluster.nodes.append(cluster.ask("add 1")["node_id"])  # the cluster replaces it, as a cloud would
+    code, out = _finish(run)
+    # The actor on the lost node may exhaust its retries before the node is declared dead: the run then
+    # stops (exit 2) and keeps its shards; the same command finishes it.
+    assert code in (0, 2), out[-8000:]
+    if code == 2:
+        again, out = _finish(_start(command))
+        assert again == 0, out[-3000:]
+        resumed = json.loads(report.read_text())["runs"][0]
+        assert resumed["resumed"] and resumed["shards_reused"] >= 1
+    _exactly_once(table, images)
+
+
+def _actor_pids(cluster: Keeper) -> list[int]:
+    found = []
+    for pid in descendants(cluster.process.pid):
+        try:
+            if b"FusedActor" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def test_an_inference_actor_killed_mid_run_changes_nothing(
+    cluster: Keeper, slow_digits: Path, digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    images, table, report = _digits(tmp_path / "images", digit_files, 400), tmp_path / "t.delta", tmp_path / "r.json"
+    run = _start(_command(cluster, images, table, report, slow_digits))
+    wait_for(lambda: (_shards_written(table) > 0 and bool(_actor_pids(cluster))) or run.poll() is not None, 180, 0.05)
+    assert run.poll() is None, "the run ended before an actor could be killed"
+    os.kill(_actor_pids(cluster)[0], signal.SIGKILL)
+    code, out = _finish(run)
+    assert code == 0, out[-3000:]
+    truth = {path.name: str(label) for path, label in digit_files}
+    rows = _exactly_once(table, images)
+    assert all(r["error"] is None for r in rows)
+    assert sum(r["label"] == truth[r["id"].split("-", 1)[1]] for r in rows) >= 0.9 * len(rows)
+
+
+@pytest.mark.parametrize("fault", ["after_claim", "after_shards=2", "before_commit", "after_commit"])
+def test_a_driver_killed_at_any_point_is_completed_by_the_same_command(
+    cluster: Keeper, digit_files, tmp_path: Path, fault: str
+) -> None:  # type: ignore[no-untyped-def]
+    images, table, report = _digits(tmp_path / "images", digit_files, 80), tmp_path / "t.delta", tmp_path / "r.json"
+    command = _command(cluster, images, table, report)
+    killed, out = _finish(_start(command, fault))
+    assert killed == -signal.SIGKILL, out[-3000:]
+    assert DeltaTable(str(table)).to_pyarrow_dataset().count_rows() == (80 if fault == "after_commit" else 0)
+
+    again, out = _finish(_start(command))
+    assert again == 0, out[-3000:]
+    runs = json.loads(report.read_text())["runs"]
+    if fault == "after_commit":
+        assert [r["outcome"] for r in runs] == ["nothing new"]
+    else:
+        resumed = runs[0]
+        assert resumed["resumed"] and resumed["outcome"] == "committed" and resumed["shards"] == 4
+        assert resumed["shards_reused"] == {"after_shards=2": 2, "before_commit": 4}.get(fault, 0)
+        assert resumed["scored_now"] == 80 - 20 * resumed["shards_reused"]
+        assert runs[1]["outcome"] == "nothing new"
+    _exactly_once(table, images)
+    assert not list((table / "_streamscore").glob("*/run-*"))  # the staging is gone once committed
+
+
+def test_two_runs_started_at_once_commit_once(cluster: Keeper, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images, table = _digits(tmp_path / "images", digit_files, 60), tmp_path / "t.delta"
+    reports = [tmp_path / "a.json", tmp_path / "b.json"]
+    results: list[tuple[int, str]] = [(0, ""), (0, "")]
+
+    def start(i: int) -> None:
+        results[i] = _finish(_start(_command(cluster, images, table, reports[i])))
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(code for code, _ in results) in ([0, 0], [0, 4]), [out[-1500:] for _, out in results]
+    outcomes = [r["outcome"] for path in reports if path.exists() for r in json.loads(path.read_text())["runs"]]
+    assert outcomes.count("committed") == 1, outcomes
+    _exactly_once(table, images)
