@@ -208,14 +208,7 @@ def _report(summary: RunSummary, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    started_at = console.process_started_at()
-    parser = argparse.ArgumentParser(
-        prog="batch_score", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    console.setup_logging()
-    return console.run_command(lambda: run(args, started_at))
+    return console.run_script("batch_score", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

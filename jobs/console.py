@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.errors import StreamScoreError
@@ -156,3 +156,21 @@ def _quiet_ray_data_console() -> None:
     for handler in logging.getLogger("ray.data").handlers:
         if not isinstance(handler, logging.FileHandler) and type(handler).__name__ != "SessionFileHandler":
             handler.setLevel(logging.ERROR)
+
+
+def run_script(
+    prog: str,
+    doc: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    command: Callable[[argparse.Namespace, float], int],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """The ``main`` of a job script (``python jobs/X.py ...``, as ``ray job submit`` runs it)."""
+    started_at = process_started_at()
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return run_command(lambda: command(args, started_at))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import posixpath
 import sys
 import time
 from collections.abc import Sequence
@@ -44,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.nightly import DEFAULT_SHARD_ROWS, RETRIED_REASONS
 
     parser.epilog = EXAMPLE
-    parser.add_argument("input", help="a folder (read recursively), a glob or a .txt file of URIs")
+    parser.add_argument(
+        "input", help="a folder (read recursively), a glob, a .txt file of URIs, or a Parquet dataset of image bytes"
+    )
     parser.add_argument("table", help="the Delta Lake table (a folder or URI; made on the first run)")
     add_model_arguments(parser)
     parser.add_argument(
@@ -86,17 +89,17 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     options = scoring_options(args)
     overrides = resource_overrides(args)
     source = source_of(args)
-    if not isinstance(source, FileListing):
-        raise ConfigError("nightly reads files (a folder, a glob or a URI list); Parquet inputs are not supported yet")
     if args.shard_rows < 1:
         raise ConfigError("--shard-rows must be at least 1")
     retried = frozenset(r.strip() for r in args.retry_reasons.split(",") if r.strip())
     unknown = sorted(retried - {r.value for r in Reason})
     if unknown:
         raise ConfigError(f"--retry-reasons: unknown reasons {unknown}; reasons: {[r.value for r in Reason]}")
-    repository = ModelRepository(console.models_dir(args))
+    models_dir = console.models_dir(args)
+    check_table_location(args.table, {"INPUT": args.input, "the model repository": models_dir})
+    repository = ModelRepository(models_dir)
     ref = ModelRef.parse(args.model)
-    graph = build_graph(ref, repository, options, read_files=True)
+    graph = build_graph(ref, repository, options, read_files=isinstance(source, FileListing))
 
     def planner() -> ResourcePlan:
         console.connect_ray(args.address)
@@ -139,15 +142,26 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     return 0
 
 
+def _location(uri: str) -> str:
+    """A comparable form of a path or URI: real absolute paths for local ones, normalised ``scheme://`` ones."""
+    if "://" not in uri or uri.startswith("file://"):
+        return os.path.realpath(uri.removeprefix("file://")).rstrip("/") + "/"
+    scheme, rest = uri.split("://", 1)
+    return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}/"
+
+
+def check_table_location(table: str, others: dict[str, str]) -> None:
+    """The table may not lie inside the input or the model repository, nor they inside it: a run would then
+    list its own files as inputs, or write among the models that every job and replica loads."""
+    where = _location(table)
+    for name, other in others.items():
+        place = _location(other.split("*", 1)[0] if "*" in other else other)
+        if where.startswith(place) or place.startswith(where):
+            raise ConfigError(f"the table {table} overlaps {name} ({other}); give it a place of its own")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    started_at = console.process_started_at()
-    parser = argparse.ArgumentParser(
-        prog="nightly", description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    console.setup_logging()
-    return console.run_command(lambda: run(args, started_at))
+    return console.run_script("nightly", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

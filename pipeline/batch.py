@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from common.errors import ErrorBudgetExceeded, LostRowsError, ModelLoadError, WorkerCrashedError
 from operators.base import ERROR, Batch, OperatorSpec
@@ -153,7 +154,23 @@ def source_dataset(source: Source, plan: ResourcePlan) -> tuple[Any, dict[str, s
         )
     finally:
         context.use_datasource_v2 = previous
+    if source.only_ids is not None:
+        keep = _RowsWithIds(ray.put(source.only_ids), source.id_column)
+        dataset = dataset.map_batches(keep, batch_format="pyarrow", num_cpus=plan.io_task_cpus)
     return dataset, {source.id_column: "id", source.bytes_column: "bytes"}
+
+
+class _RowsWithIds:
+    """The rows of a Parquet block whose id is in a set (held once in the object store)."""
+
+    def __init__(self, ids: Any, id_column: str) -> None:
+        self._ids, self._id_column = ids, id_column
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        import ray
+
+        ids = ray.get(self._ids)
+        return table.filter(pc.is_in(table.column(self._id_column).cast(pa.string()), value_set=ids))
 
 
 def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename: dict[str, str], journal: Any) -> Any:

@@ -3,7 +3,9 @@
 ``metadata`` (the default) comes from the listing: size and modification time, so listing 100,000 files costs
 what listing them costs and nothing is read. A URI list is not listed, so its files are asked for their
 metadata (one ``get_file_info`` call per filesystem). ``content`` hashes the bytes (SHA-256): a file rewritten
-with the same bytes is not scored again, at the price of reading everything on every run.
+with the same bytes is not scored again, at the price of reading everything on every run. Rows of a Parquet
+input have no metadata of their own: their fingerprint is always the hash of their image bytes, read one record
+batch at a time.
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from common.errors import InputError
 from common.filesystems import resolve
-from pipeline.sources import FileListing
+from pipeline.sources import FileListing, ParquetSource
 
 FingerprintMode = Literal["metadata", "content"]
 _HASH_THREADS = 8  # reading is I/O-bound and hashlib releases the GIL
 _CHUNK = 1 << 20
 
 
-def fingerprinted(listing: FileListing, mode: FingerprintMode = "metadata") -> pa.Table:
-    """``(id, uri, fingerprint)`` for every listed file. A file that cannot be stat'ed or read gets a
-    fingerprint naming that (``missing``), so it is still scored and fails with its own reason."""
-    table = listing.table
+def fingerprinted(source: FileListing | ParquetSource, mode: FingerprintMode = "metadata") -> pa.Table:
+    """``(id, uri, fingerprint)`` for every input, one row per id. A file that cannot be stat'ed or read gets
+    a fingerprint naming that (``missing``), so it is still scored and fails with its own reason."""
+    if isinstance(source, ParquetSource):
+        return _unique(_parquet_fingerprints(source), source.path)
+    table = source.table
     uris = table.column("uri").to_pylist()
     if mode == "content":
         with ThreadPoolExecutor(_HASH_THREADS) as pool:
@@ -42,6 +47,31 @@ def fingerprinted(listing: FileListing, mode: FingerprintMode = "metadata") -> p
     return pa.table(
         {"id": table.column("id"), "uri": table.column("uri"), "fingerprint": pa.array(prints, pa.string())}
     )
+
+
+def _parquet_fingerprints(source: ParquetSource) -> pa.Table:
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(source.path, filesystem=source.filesystem, format="parquet")
+    ids, uris, prints = [], [], []
+    for fragment in dataset.get_fragments():
+        for batch in fragment.to_batches(columns=[source.id_column, source.bytes_column], batch_size=1024):
+            ids += [str(i) for i in batch.column(0).to_pylist()]
+            for data in batch.column(1).to_pylist():
+                prints.append(f"sha256={hashlib.sha256(data).hexdigest()}" if data is not None else "missing")
+            uris += [fragment.path] * batch.num_rows
+    return pa.table({"id": pa.array(ids, pa.string()), "uri": pa.array(uris, pa.string()), "fingerprint": prints})
+
+
+def _unique(table: pa.Table, where: str) -> pa.Table:
+    counts = pc.value_counts(table.column("id"))
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        examples = ", ".join(repr(v) for v in repeated.field("values")[:3].to_pylist())
+        raise InputError(
+            f"{where} holds {len(repeated)} ids more than once (e.g. {examples}); nightly needs one row per id"
+        )
+    return table
 
 
 def _file_infos(uris: list[str]) -> list[pafs.FileInfo]:

@@ -2,7 +2,7 @@
 
 A run goes through fixed steps, each leaving what the next start needs to carry on:
 
-1. **Freeze.** List the source, fingerprint every input (``pipeline/fingerprints.py``) and keep those whose
+1. **Freeze.** List the source (files, or the rows of a Parquet dataset), fingerprint every input (``pipeline/fingerprints.py``) and keep those whose
    ``(id, fingerprint)`` has no standing outcome in the table for this model version (an anti-join). The frozen
    set is written to ``<table>/_streamscore/<job>/run-<v>/inputs-<digest>.parquet``, then **claimed** in the
    table (``pipeline/scored_table.py``): from here on, run ``v`` is exactly these inputs.
@@ -19,6 +19,7 @@ table's folder: the ``_streamscore`` folder is ignored by Delta readers and by `
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import logging
@@ -48,7 +49,7 @@ from pipeline.fingerprints import FingerprintMode, fingerprinted, frozen_set_dig
 from pipeline.graph import Graph
 from pipeline.planner import ResourcePlan
 from pipeline.scored_table import TABLE_SCHEMA, RunTakenError, ScoredTable, claimant
-from pipeline.sources import FileListing
+from pipeline.sources import FileListing, ParquetSource
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class RunInProgressError(StreamScoreError):
 @dataclass(frozen=True)
 class NightlyJob:
     graph: Graph
-    source: FileListing
+    source: FileListing | ParquetSource
     table_uri: str
     # Connects to Ray and plans the actors, called only when there is something to score: a night with nothing
     # new never starts Ray.
@@ -236,8 +237,12 @@ class _Runner:
         written = 0
         try:
             if pending.num_rows:
-                listing = FileListing(pending.select(["id", "uri"]))
-                for table in scored_tables(self.job.graph, listing, self._plan(), record_node=True):
+                source = self.job.source
+                if isinstance(source, FileListing):
+                    source = FileListing(pending.select(["id", "uri"]))
+                else:
+                    source = dataclasses.replace(source, only_ids=pending.column("id").combine_chunks())
+                for table in scored_tables(self.job.graph, source, self._plan(), record_node=True):
                     report.scored_now += table.num_rows
                     for index, rows in shards.add(table):
                         self._write_atomically(_shard_path(shard_dir, index), rows)

@@ -32,12 +32,14 @@ class FileListing:
 
 @dataclass(frozen=True)
 class ParquetSource:
-    """A Parquet dataset with an id column and an image-bytes column."""
+    """A Parquet dataset with an id column and an image-bytes column; ``only_ids``: score just these rows
+    (the nightly job's frozen set), None for all."""
 
     path: str
     filesystem: pafs.FileSystem
     id_column: str
     bytes_column: str
+    only_ids: pa.Array | None = None
 
 
 Source = FileListing | ParquetSource

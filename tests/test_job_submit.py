@@ -127,6 +127,32 @@ def test_ray_job_submit_scores_demo_images(ray_head: RayHead, tmp_path: Path) ->
     assert rows["truncated.jpg"]["error"].startswith("truncated")
 
 
+def test_ray_job_submit_runs_the_nightly_job_and_refuses_a_submission_without_the_token(
+    ray_head: RayHead, tmp_path: Path
+) -> None:
+    """jobs/nightly.py as a scheduler submits it (deploy/nightly-cronjob.yaml), and the same submission
+    without the token, refused before anything runs."""
+    table = tmp_path / "scores.delta"
+    entrypoint = [sys.executable, "jobs/nightly.py", "jobs/demo_images", str(table), "--model", MODEL]
+    command = [console_script("ray"), "job", "submit", "--address", ray_head.address, "--working-dir", str(REPO), "--"]
+    no_token = {k: v for k, v in ray_head.client_env.items() if k != "RAY_AUTH_MODE"}
+    refused = subprocess.run(command + entrypoint, env=no_token, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert refused.returncode != 0 and "Missing authentication token" in refused.stdout + refused.stderr
+    assert not table.exists()
+
+    done = subprocess.run(
+        command + entrypoint, env=ray_head.client_env, capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    assert "run 1: committed" in output and "in this run: 5" in output
+    from deltalake import DeltaTable
+
+    assert sorted(DeltaTable(str(table)).to_pyarrow_table().column("id").to_pylist()) == sorted(
+        p.name for p in (REPO / "jobs" / "demo_images").iterdir()
+    )
+
+
 def test_ray_job_api_refuses_clients_without_the_token(ray_head: RayHead) -> None:
     """What the README's `export RAY_AUTH_MODE=token` is for: the CLI sends the token only in token mode."""
     no_mode = {k: v for k, v in ray_head.client_env.items() if k != "RAY_AUTH_MODE"}

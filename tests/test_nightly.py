@@ -21,7 +21,7 @@ from pipeline.graph import build_graph
 from pipeline.models import ModelRepository
 from pipeline.nightly import NightlyJob, RunReport, run_nightly
 from pipeline.planner import ResourceOverrides, plan_resources
-from pipeline.sources import detect_source
+from pipeline.sources import FileListing, detect_source
 from tests.conftest import MODELS_DIR
 
 pytestmark = pytest.mark.slow
@@ -36,16 +36,15 @@ def _images(folder: Path, digit_files: list[tuple[Path, int]], count: int, start
 
 def _night(ray_cluster, source: str, table: Path, repository=None, model: str = "digits", **job) -> list[RunReport]:  # type: ignore[no-untyped-def]
     repository = repository or ModelRepository(str(MODELS_DIR))
-    graph = build_graph(model, repository, read_files=True)
+    source_ = detect_source(source)
+    graph = build_graph(model, repository, read_files=isinstance(source_, FileListing))
     planned = []
 
     def planner():  # type: ignore[no-untyped-def]
         planned.append(1)
         return plan_resources(ray_cluster, ResourceOverrides(layout="fused", batch_size=8))
 
-    reports = run_nightly(
-        NightlyJob(graph, detect_source(source), str(table), planner, job.pop("job_id", "test-job"), **job)
-    )
+    reports = run_nightly(NightlyJob(graph, source_, str(table), planner, job.pop("job_id", "test-job"), **job))
     for report in reports:
         report.planned = bool(planned)  # type: ignore[attr-defined]
     return reports
@@ -158,3 +157,52 @@ def test_a_content_fingerprint_ignores_a_rewrite_with_the_same_bytes(ray_cluster
     assert same.outcome == "nothing new"
     (by_metadata,) = _night(ray_cluster, str(images), table, job_id="by-metadata")
     assert by_metadata.frozen == 8  # another job id: its own fingerprints (metadata), so its own rows
+
+
+@pytest.mark.parametrize("inside", ["input", "models"])
+def test_the_table_may_not_overlap_the_input_or_the_models(digit_files, tmp_path: Path, inside: str) -> None:  # type: ignore[no-untyped-def]
+    """Refused in one line before Ray starts (exit 2): a table among the inputs would list its own files, one
+    among the models would write where every job and replica loads from."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    images = _images(tmp_path / "images", digit_files, 2)
+    models = tmp_path / "models"
+    shutil.copytree(MODELS_DIR / "digits", models / "digits")
+    table = (images if inside == "input" else models / "digits") / "scores.delta"
+    command = [sys.executable, "-m", "jobs.cli", "nightly", str(images), str(table), "--model", "digits",
+               "--models-dir", str(models)]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "overlaps" in done.stderr, done.stderr
+    assert not table.exists()
+
+
+def test_parquet_rows_are_fingerprinted_by_their_bytes(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.parquet as pq
+
+    def write(rows: list[tuple[str, Path]]) -> None:
+        shutil.rmtree(tmp_path / "input", ignore_errors=True)
+        (tmp_path / "input").mkdir()
+        ids, data = [r[0] for r in rows], [r[1].read_bytes() for r in rows]
+        pq.write_table(
+            pa.table({"id": ids, "image": pa.array(data, pa.binary())}), tmp_path / "input" / "part-0.parquet"
+        )
+
+    rows = [(f"row-{i}", path) for i, (path, _) in enumerate(digit_files[:20])]
+    write(rows)
+    table = tmp_path / "scores.delta"
+    (first,) = _night(ray_cluster, str(tmp_path / "input"), table)
+    assert (first.frozen, first.errors_by_reason) == (20, {})
+    write(rows)  # the same bytes, a new file: nothing to do
+    (same,) = _night(ray_cluster, str(tmp_path / "input"), table)
+    assert same.outcome == "nothing new"
+    rows[3] = ("row-3", digit_files[30][0])  # new bytes under an old id
+    write(rows + [("row-new", digit_files[31][0])])
+    (changed,) = _night(ray_cluster, str(tmp_path / "input"), table)
+    assert (changed.frozen, changed.skipped) == (2, 19)
+    scored = (
+        _rows(table).filter(pc.equal(pc.field("run_version"), 2)).column("id").to_pylist()
+    )  # run 2: "nothing new" made none
+    assert sorted(scored) == ["row-3", "row-new"]
