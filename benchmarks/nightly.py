@@ -60,11 +60,11 @@ def _quiet_night_table(root: Path, inputs: int, model: str) -> tuple[Path, Path]
     folder, table = root / "images", root / "scores.delta"
     shutil.rmtree(root, ignore_errors=True)
     folder.mkdir(parents=True)
-    original = next((BENCH / "images").glob("*/*.jpg"))
+    originals = sorted((BENCH / "images").glob("*/*.jpg"))[:100]  # a file takes at most 65,000 links
     for i in range(inputs):
         sub = folder / f"{i // 1000:03d}"
         sub.mkdir(exist_ok=True)
-        os.link(original, sub / f"{i:06d}.jpg")
+        os.link(originals[i % len(originals)], sub / f"{i:06d}.jpg")
     listed = fingerprinted(list_folder(str(folder)))
     version = ModelRepository(str(REPO / "models")).load(model, check_graph=False).version
     now = datetime.datetime.now(datetime.UTC)
@@ -80,6 +80,7 @@ def _quiet_night_table(root: Path, inputs: int, model: str) -> tuple[Path, Path]
         "uri": listed.column("uri"),
         "fingerprint": listed.column("fingerprint"),
         "node_id": pa.array(["bench"] * n),
+        "decode_node_id": pa.array(["bench"] * n),
         "run_id": pa.array(["bench/1"] * n),
         "run_version": pa.array([1] * n, pa.int64()),
         "scored_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),

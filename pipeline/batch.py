@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.errors import ErrorBudgetExceeded, LostRowsError, ModelLoadError, WorkerCrashedError
+from operators._rows import object_array
 from operators.base import ERROR, Batch, OperatorSpec
 from pipeline.graph import Graph, Stage
 from pipeline.isolation import MAX_TASK_RETRIES, IsolatingStage, forget_fault_reports, start_journal
@@ -47,26 +48,53 @@ def _as_source_batch(batch: Batch, rename: dict[str, str]) -> Batch:
     return out
 
 
-class PreprocessActor:
-    """Split layout, CPU side: source rows -> uint8 pixels (+ id, error)."""
+# Where placement labels live: cluster.yaml and the deploy/ manifests give decode (CPU) nodes and inference
+# (GPU) nodes this Ray node label.
+ROLE_LABEL = "streamscore.io/role"
 
-    def __init__(self, specs: tuple[OperatorSpec, ...], rename: dict[str, str], journal: Any) -> None:
+
+def _this_node() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
+
+
+class PreprocessActor:
+    """Split layout, CPU side: source rows -> uint8 pixels (+ id, error; + the node, when recording)."""
+
+    def __init__(
+        self, specs: tuple[OperatorSpec, ...], rename: dict[str, str], journal: Any, record_node: bool
+    ) -> None:
         self._stage = IsolatingStage(Stage(preprocess=specs), journal, "preprocess")
         self._rename = rename
+        self._node = _this_node() if record_node else None
 
     def __call__(self, batch: Batch) -> Batch:
         out = self._stage(_as_source_batch(batch, self._rename))
-        return {"id": out["id"], "pixels": out["pixels"], ERROR: out[ERROR]}
+        kept = {"id": out["id"], "pixels": out["pixels"], ERROR: out[ERROR]}
+        if self._node is not None:
+            kept["decode_node_id"] = object_array([self._node] * len(out["id"]))
+        return kept
 
 
-def _node_column(table: pa.Table, record_node: bool) -> pa.Table:
-    """The table with the ``node_id`` of the Ray node this actor runs on, when asked (nightly records it)."""
+def _node_columns(table: pa.Table, batch: Batch, record_node: bool) -> pa.Table:
+    """The table with ``node_id`` (the Ray node that ran the model) and ``decode_node_id`` (the one that
+    decoded), when asked: the nightly job records both."""
     if not record_node:
         return table
+    node = _this_node()
+    decoded = list(batch["decode_node_id"]) if "decode_node_id" in batch else [node] * table.num_rows
+    table = table.append_column("node_id", pa.array([node] * table.num_rows, pa.string()))
+    return table.append_column("decode_node_id", pa.array(decoded, pa.string()))
+
+
+def role_placement(role: str) -> dict[str, Any]:
+    """A ``label_selector`` that keeps actors of ``role`` ("decode", "inference") on the nodes labelled for it,
+    when the cluster labels any; nothing otherwise (an unlabelled cluster places by resources alone)."""
     import ray
 
-    node = ray.get_runtime_context().get_node_id()
-    return table.append_column("node_id", pa.array([node] * table.num_rows, pa.string()))
+    labelled = any(node.get("Alive") and (node.get("Labels") or {}).get(ROLE_LABEL) == role for node in ray.nodes())
+    return {"label_selector": {ROLE_LABEL: role}} if labelled else {}
 
 
 class InferenceActor:
@@ -81,7 +109,7 @@ class InferenceActor:
         self._record_node = record_node
 
     def __call__(self, batch: Batch) -> pa.Table:
-        return _node_column(predictions_table(self._stage(batch), self._model), self._record_node)
+        return _node_columns(predictions_table(self._stage(batch), self._model), batch, self._record_node)
 
 
 class FusedActor:
@@ -96,7 +124,7 @@ class FusedActor:
 
     def __call__(self, batch: Batch) -> pa.Table:
         table = predictions_table(self._stage(_as_source_batch(batch, self._rename)), self._model)
-        return _node_column(table, self._record_node)
+        return _node_columns(table, batch, self._record_node)
 
 
 # Ray Data restarts a dead actor and retries its task forever by default: a row that kills its worker (OOM kill,
@@ -173,18 +201,22 @@ class _RowsWithIds:
         return table.filter(pc.is_in(table.column(self._id_column).cast(pa.string()), value_set=ids))
 
 
-def preprocessed_dataset(dataset: Any, graph: Graph, plan: ResourcePlan, rename: dict[str, str], journal: Any) -> Any:
-    """Split layout, first half: rows -> ``id``, ``pixels`` (Arrow fixed-shape uint8 tensor), ``error``."""
+def preprocessed_dataset(
+    dataset: Any, graph: Graph, plan: ResourcePlan, rename: dict[str, str], journal: Any, record_node: bool = False
+) -> Any:
+    """Split layout, first half: rows -> ``id``, ``pixels`` (Arrow fixed-shape uint8 tensor), ``error``; on the
+    decode nodes when the cluster labels them."""
     import ray.data
 
     return _map_batches(
         dataset,
         PreprocessActor,
-        fn_constructor_args=(graph.preprocess, rename, journal),
+        fn_constructor_args=(graph.preprocess, rename, journal, record_node),
         compute=ray.data.ActorPoolStrategy(min_size=plan.preprocess_actors, max_size=plan.max_preprocess_actors),
         num_cpus=plan.cpus_per_preprocess_actor,
         batch_size=plan.batch_size,
         batch_format="numpy",
+        **role_placement("decode"),
     )
 
 
@@ -205,6 +237,8 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan, journal: Any
     }
     if plan.gpus_per_inference_actor:
         infer_args["num_gpus"] = plan.gpus_per_inference_actor
+    if plan.layout == "split" or plan.gpus_per_inference_actor:  # a fused CPU actor decodes as much as it infers
+        infer_args |= role_placement("inference")
     if plan.layout == "fused":
         return _map_batches(
             dataset,
@@ -212,7 +246,7 @@ def build_dataset(graph: Graph, source: Source, plan: ResourcePlan, journal: Any
             fn_constructor_args=(device_graph, plan.device, rename, journal, record_node),
             **infer_args,
         )
-    pixels = preprocessed_dataset(dataset, device_graph, plan, rename, journal)
+    pixels = preprocessed_dataset(dataset, device_graph, plan, rename, journal, record_node)
     infer_actor_args = (device_graph.inference, graph.model, plan.device, journal, record_node)
     return _map_batches(pixels, InferenceActor, fn_constructor_args=infer_actor_args, **infer_args)
 

@@ -31,7 +31,8 @@ METADATA_PREFIX = "streamscore."
 RUN_COLUMNS = [
     ("uri", pa.string()),
     ("fingerprint", pa.string()),
-    ("node_id", pa.string()),
+    ("node_id", pa.string()),  # the Ray node that ran the model on the row
+    ("decode_node_id", pa.string()),  # the one that decoded it (the same in the fused layout)
     ("run_id", pa.string()),
     ("run_version", pa.int64()),
     ("scored_at", pa.timestamp("us", tz="UTC")),

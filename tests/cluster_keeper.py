@@ -7,7 +7,7 @@ it, so the keeper holds it while drivers (``streamscore nightly --address``) com
 It prints one JSON line ``{"address": ..., "nodes": [...]}``, then takes commands on stdin, one per line,
 answering each with one JSON line:
 
-    add CPUS         start a worker node -> {"node_id": ...}
+    add CPUS [ROLE]  start a worker node (labelled streamscore.io/role=ROLE) -> {"node_id": ...}
     kill NODE_ID     SIGKILL that node's raylet and its workers (remove_node(allow_graceful=False)) -> {}
     nodes            -> {"nodes": [...]}  (alive node ids)
     quit             stop everything
@@ -47,7 +47,8 @@ def main() -> None:
     for line in sys.stdin:
         command, *rest = line.split()
         if command == "add":
-            node = cluster.add_node(num_cpus=float(rest[0]))
+            labels = {"streamscore.io/role": rest[1]} if len(rest) > 1 else {}
+            node = cluster.add_node(num_cpus=float(rest[0]), labels=labels)
             cluster.wait_for_nodes()
             workers[node.node_id] = node
             say({"node_id": node.node_id})

@@ -220,3 +220,22 @@ def test_two_runs_started_at_once_commit_once(cluster: Keeper, digit_files, tmp_
     outcomes = [r["outcome"] for path in reports if path.exists() for r in json.loads(path.read_text())["runs"]]
     assert outcomes.count("committed") == 1, outcomes
     _exactly_once(table, images)
+
+
+def test_labelled_nodes_take_their_role(cluster: Keeper, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """cluster.yaml and deploy/ label decode (CPU) and inference (GPU) nodes; in the split layout the
+    preprocess actors then run on the decode nodes and the model on the inference nodes, never elsewhere."""
+    decode, inference = (cluster.ask(f"add 1 {role}")["node_id"] for role in ("decode", "inference"))
+    try:
+        images, table = _digits(tmp_path / "images", digit_files, 60), tmp_path / "t.delta"
+        one_each = ["--layout", "split", "--preprocess-actors", "1", "--max-preprocess-actors", "1",
+                    "--inference-actors", "1", "--max-inference-actors", "1",
+                    "--cpus-per-preprocess-actor", "0.5", "--cpus-per-inference-actor", "0.5"]  # fmt: skip
+        code, out = _finish(_start(_command(cluster, images, table, tmp_path / "r.json") + one_each))
+        assert code == 0, out[-3000:]
+        rows = _exactly_once(table, images)
+        assert {r["decode_node_id"] for r in rows} == {decode}
+        assert {r["node_id"] for r in rows} == {inference}
+    finally:
+        for node in (decode, inference):
+            cluster.ask(f"kill {node}")
