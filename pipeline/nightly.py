@@ -47,6 +47,7 @@ from operators.reasons import Reason
 from pipeline.batch import scored_tables
 from pipeline.fingerprints import FingerprintMode, fingerprinted, frozen_set_digest
 from pipeline.graph import Graph
+from pipeline.local_scoring import LocalScoringFailed, score_locally
 from pipeline.planner import ResourcePlan
 from pipeline.scored_table import TABLE_SCHEMA, RunTakenError, ScoredTable, claimant
 from pipeline.sources import FileListing, ParquetSource
@@ -81,6 +82,9 @@ class NightlyJob:
     fingerprint: FingerprintMode = "metadata"
     shard_rows: int = DEFAULT_SHARD_ROWS
     retried_reasons: frozenset[str] = RETRIED_REASONS
+    # A run with at most this many file inputs to score does them in child processes of its own, without
+    # starting Ray (``pipeline/local_scoring.py``); 0: always Ray. Only for a machine of its own.
+    local_max_rows: int = 0
 
 
 @dataclass
@@ -236,6 +240,13 @@ class _Runner:
         heartbeat = _Heartbeat(self.fs, posixpath.join(self._run_dir(run), "heartbeat"))
         written = 0
         try:
+            if pending.num_rows and self._locally(pending):
+                try:
+                    for table in score_locally(self.job.graph, pending.select(["id", "uri"])):
+                        written += self._take(table, shards, shard_dir, report, written)
+                except LocalScoringFailed as exc:
+                    logger.warning("%s: scoring the rest with Ray, which isolates such rows", exc)
+                pending = pending.filter(pc.invert(pc.is_in(pending.column("id"), value_set=shards.arrived())))
             if pending.num_rows:
                 source = self.job.source
                 if isinstance(source, FileListing):
@@ -243,13 +254,7 @@ class _Runner:
                 else:
                     source = dataclasses.replace(source, only_ids=pending.column("id").combine_chunks())
                 for table in scored_tables(self.job.graph, source, self._plan(), record_node=True):
-                    report.scored_now += table.num_rows
-                    for index, rows in shards.add(table):
-                        self._write_atomically(_shard_path(shard_dir, index), rows)
-                        written += 1
-                        _fault(f"after_shards={written}")
-                    if self.on_progress is not None:
-                        self.on_progress(report.scored_now)
+                    written += self._take(table, shards, shard_dir, report, written)
         finally:
             heartbeat.stop()
         _fault("before_commit")
@@ -266,6 +271,21 @@ class _Runner:
         self._delete_dir(self._run_dir(run))
         report.wall_s = time.perf_counter() - start
         return report
+
+    def _locally(self, pending: pa.Table) -> bool:
+        return isinstance(self.job.source, FileListing) and 0 < pending.num_rows <= self.job.local_max_rows
+
+    def _take(self, table: pa.Table, shards: _Shards, shard_dir: str, report: RunReport, written: int) -> int:
+        """Gather scored rows; write the shards they complete. Returns how many shards it wrote."""
+        report.scored_now += table.num_rows
+        complete = shards.add(table)
+        for index, rows in complete:
+            self._write_atomically(_shard_path(shard_dir, index), rows)
+            written += 1
+            _fault(f"after_shards={written}")
+        if self.on_progress is not None:
+            self.on_progress(report.scored_now)
+        return len(complete)
 
     def _committed_rows(self, run: int, frozen: pa.Table, shard_dir: str, count: int) -> pa.Table:
         """Every shard's rows, with the run's columns, checked against the frozen set: each input once."""
@@ -346,7 +366,13 @@ class _Shards:
         self._position = {row_id: i for i, row_id in enumerate(ids)}
         self._shard_of = {row_id: i // shard_rows for i, row_id in enumerate(ids)}
         self._waiting: dict[int, list[pa.Table]] = {}
+        self._completed_ids: list[str] = []
         self._missing = Counter(self._shard_of.values())
+
+    def arrived(self) -> pa.Array:
+        """Ids scored so far in this attempt (complete shards and the ones still gathering)."""
+        ids = [row_id for parts in self._waiting.values() for part in parts for row_id in part.column("id").to_pylist()]
+        return pa.array(ids + self._completed_ids, pa.string())
 
     def rows_of(self, shards: list[int]) -> pa.Table:
         wanted = set(shards)
@@ -363,6 +389,7 @@ class _Shards:
             self._missing[index] -= part.num_rows
             if self._missing[index] == 0:
                 rows = pa.concat_tables(self._waiting.pop(index)).sort_by("id")
+                self._completed_ids += rows.column("id").to_pylist()
                 where = pa.array([self._position[i] for i in rows.column("id").to_pylist()], pa.int64())
                 for name in ("uri", "fingerprint"):
                     rows = rows.append_column(name, self.frozen.column(name).take(where))

@@ -206,3 +206,38 @@ def test_parquet_rows_are_fingerprinted_by_their_bytes(ray_cluster, digit_files,
         _rows(table).filter(pc.equal(pc.field("run_version"), 2)).column("id").to_pylist()
     )  # run 2: "nothing new" made none
     assert sorted(scored) == ["row-3", "row-new"]
+
+
+def test_a_small_night_is_scored_without_ray_with_the_same_predictions(
+    ray_cluster, digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.local_scoring import LOCAL_NODE
+
+    images = _images(tmp_path / "images", digit_files, 24)
+    (local,) = _night(ray_cluster, str(images), tmp_path / "local.delta", local_max_rows=100)
+    assert local.outcome == "committed" and not local.planned  # type: ignore[attr-defined]
+    (with_ray,) = _night(ray_cluster, str(images), tmp_path / "ray.delta")
+    assert with_ray.planned  # type: ignore[attr-defined]
+    by_id = {r["id"]: r for r in _rows(tmp_path / "ray.delta").to_pylist()}
+    rows = _rows(tmp_path / "local.delta").to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(by_id) and {r["node_id"] for r in rows} == {LOCAL_NODE}
+    for row in rows:
+        assert row["label"] == by_id[row["id"]]["label"]
+        assert row["score"] == pytest.approx(by_id[row["id"]]["score"], abs=1e-6)
+
+
+def test_a_row_that_kills_a_local_process_falls_back_to_ray(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The quick path has no isolation of its own: when a child dies, Ray scores what is left, and finds the row."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.crash_operator import KILL_GREY, crashing_repository
+
+    images = _images(tmp_path / "images", digit_files, 16)
+    Image.fromarray(np.full((32, 32), KILL_GREY, dtype=np.uint8)).save(images / "poison.png")
+    repository = crashing_repository(tmp_path / "models")
+    (night,) = _night(ray_cluster, str(images), tmp_path / "t.delta", repository=repository, local_max_rows=100)
+    assert night.planned and night.errors_by_reason == {"worker_crashed": 1}  # type: ignore[attr-defined]
+    rows = _rows(tmp_path / "t.delta").to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(p.name for p in images.iterdir())
+    assert sum(r["error"] is None for r in rows) == 16
