@@ -79,14 +79,13 @@ class CrashJournal:
 
 
 def start_journal() -> Any:
-    """A CrashJournal actor for one run (no CPU: it must never wait for the actors it serves), on the driver's
-    node: a worker node lost mid-run must not take the journal with it."""
+    """A CrashJournal actor for one run (no CPU: it must never wait for the actors it serves), on the head
+    node: a worker node lost mid-run must not take the journal with it. (Not "the driver's node": a driver
+    on a machine with several raylets, as in the multi-node tests, may be attached to a worker's.)"""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    journal = ray.remote(CrashJournal).options(num_cpus=0, scheduling_strategy=here)
-    return journal.remote()
+    on_head = {"node:__internal_head__": 0.001} if "node:__internal_head__" in ray.cluster_resources() else {}
+    return ray.remote(CrashJournal).options(num_cpus=0, resources=on_head).remote()
 
 
 def _fault_report_path(pid: int) -> Path:

@@ -50,6 +50,7 @@ from pipeline.graph import Graph
 from pipeline.local_scoring import LocalScoringFailed, score_locally
 from pipeline.planner import ResourcePlan
 from pipeline.scored_table import TABLE_SCHEMA, RunTakenError, ScoredTable, claimant
+from pipeline.shards import Shards, shard_path
 from pipeline.sources import FileListing, ParquetSource
 
 logger = logging.getLogger(__name__)
@@ -232,9 +233,9 @@ class _Runner:
     # ------------------------------------------------------------------ scoring and the commit
     def _score_and_commit(self, run: int, frozen: pa.Table, digest: str, report: RunReport, start: float) -> RunReport:
         shard_dir = posixpath.join(self._run_dir(run), digest)
-        shards = _Shards(frozen, self.job.shard_rows)
+        shards = Shards(frozen, self.job.shard_rows)
         report.shards = shards.count
-        done = {i for i in range(shards.count) if self._exists(_shard_path(shard_dir, i))}
+        done = {i for i in range(shards.count) if self._exists(shard_path(shard_dir, i))}
         report.shards_reused = len(done)
         pending = shards.rows_of([i for i in range(shards.count) if i not in done])
         heartbeat = _Heartbeat(self.fs, posixpath.join(self._run_dir(run), "heartbeat"))
@@ -275,12 +276,12 @@ class _Runner:
     def _locally(self, pending: pa.Table) -> bool:
         return isinstance(self.job.source, FileListing) and 0 < pending.num_rows <= self.job.local_max_rows
 
-    def _take(self, table: pa.Table, shards: _Shards, shard_dir: str, report: RunReport, written: int) -> int:
+    def _take(self, table: pa.Table, shards: Shards, shard_dir: str, report: RunReport, written: int) -> int:
         """Gather scored rows; write the shards they complete. Returns how many shards it wrote."""
         report.scored_now += table.num_rows
         complete = shards.add(table)
         for index, rows in complete:
-            self._write_atomically(_shard_path(shard_dir, index), rows)
+            self._write_atomically(shard_path(shard_dir, index), rows)
             written += 1
             _fault(f"after_shards={written}")
         if self.on_progress is not None:
@@ -289,7 +290,7 @@ class _Runner:
 
     def _committed_rows(self, run: int, frozen: pa.Table, shard_dir: str, count: int) -> pa.Table:
         """Every shard's rows, with the run's columns, checked against the frozen set: each input once."""
-        parts = [pq.read_table(_shard_path(shard_dir, i), filesystem=self.fs) for i in range(count)]
+        parts = [pq.read_table(shard_path(shard_dir, i), filesystem=self.fs) for i in range(count)]
         rows = pa.concat_tables(parts, promote_options="permissive") if parts else TABLE_SCHEMA.empty_table()
         ids = rows.column("id")
         if rows.num_rows != frozen.num_rows or pc.count_distinct(ids).as_py() != frozen.num_rows:
@@ -347,54 +348,9 @@ class _Runner:
                 self.fs.delete_dir(entry.path)
 
 
-def _shard_path(shard_dir: str, index: int) -> str:
-    return posixpath.join(shard_dir, f"shard-{index:05d}.parquet")
-
-
 def _errors_by_reason(rows: pa.Table) -> dict[str, int]:
     errors = rows.column(ERROR).drop_null().to_pylist()
     return dict(Counter(e.split(":", 1)[0] for e in errors))
-
-
-class _Shards:
-    """The frozen set cut into fixed shards (by position in id order), and the scored rows gathered per shard."""
-
-    def __init__(self, frozen: pa.Table, shard_rows: int) -> None:
-        self.frozen, self.shard_rows = frozen, shard_rows
-        self.count = -(-frozen.num_rows // shard_rows)
-        ids = frozen.column("id").to_pylist()
-        self._position = {row_id: i for i, row_id in enumerate(ids)}
-        self._shard_of = {row_id: i // shard_rows for i, row_id in enumerate(ids)}
-        self._waiting: dict[int, list[pa.Table]] = {}
-        self._completed_ids: list[str] = []
-        self._missing = Counter(self._shard_of.values())
-
-    def arrived(self) -> pa.Array:
-        """Ids scored so far in this attempt (complete shards and the ones still gathering)."""
-        ids = [row_id for parts in self._waiting.values() for part in parts for row_id in part.column("id").to_pylist()]
-        return pa.array(ids + self._completed_ids, pa.string())
-
-    def rows_of(self, shards: list[int]) -> pa.Table:
-        wanted = set(shards)
-        mask = [i // self.shard_rows in wanted for i in range(self.frozen.num_rows)]
-        return self.frozen.filter(pa.array(mask, pa.bool_()))
-
-    def add(self, scored: pa.Table) -> list[tuple[int, pa.Table]]:
-        """Take scored rows; return the shards this completes, each with its rows and input columns."""
-        shard_ids = pa.array([self._shard_of[i] for i in scored.column("id").to_pylist()], pa.int64())
-        complete = []
-        for index in pc.unique(shard_ids).to_pylist():
-            part = scored.filter(pc.equal(shard_ids, index))
-            self._waiting.setdefault(index, []).append(part)
-            self._missing[index] -= part.num_rows
-            if self._missing[index] == 0:
-                rows = pa.concat_tables(self._waiting.pop(index)).sort_by("id")
-                self._completed_ids += rows.column("id").to_pylist()
-                where = pa.array([self._position[i] for i in rows.column("id").to_pylist()], pa.int64())
-                for name in ("uri", "fingerprint"):
-                    rows = rows.append_column(name, self.frozen.column(name).take(where))
-                complete.append((index, rows))
-        return complete
 
 
 class _Heartbeat:
