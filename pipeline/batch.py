@@ -271,10 +271,12 @@ def scored_tables(graph: Graph, source: Source, plan: ResourcePlan, *, record_no
             yield table
     except (ActorDiedError, ActorUnavailableError) as exc:
         deadly = ray.get(journal.deadly_rows.remote())
+        unreachable = isinstance(exc, ActorUnavailableError)  # what a lost node looks like before Ray marks it dead
         named = f"; rows a worker died on: {', '.join(deadly[:10])}" if deadly else ""
         raise WorkerCrashedError(
             f"a scoring actor died after {rows} rows, more often than its {MAX_TASK_RETRIES} retries allow "
-            f"({type(exc).__name__}){named}: {str(exc).strip().splitlines()[0][:300]}"
+            f"({type(exc).__name__}{': or its node was lost' if unreachable else ''}){named}: "
+            f"{str(exc).strip().splitlines()[0][:300]}"
         ) from exc
     finally:
         ray.kill(journal)

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from common.errors import LostRowsError, StreamScoreError
+from common.errors import LostRowsError, StreamScoreError, WorkerCrashedError
 from common.filesystems import resolve
 from common.processes import process_exists
 from operators.base import ERROR
@@ -254,8 +254,15 @@ class _Runner:
                     source = FileListing(pending.select(["id", "uri"]))
                 else:
                     source = dataclasses.replace(source, only_ids=pending.column("id").combine_chunks())
-                for table in scored_tables(self.job.graph, source, self._plan(), record_node=True):
-                    written += self._take(table, shards, shard_dir, report, written)
+                try:
+                    for table in scored_tables(self.job.graph, source, self._plan(), record_node=True):
+                        written += self._take(table, shards, shard_dir, report, written)
+                except WorkerCrashedError as exc:
+                    kept = report.shards_reused + written
+                    raise WorkerCrashedError(
+                        f"{exc}; run {run} keeps its {kept} of {shards.count} finished shards: run the same command "
+                        "again to resume it"
+                    ) from exc.__cause__
         finally:
             heartbeat.stop()
         _fault("before_commit")

@@ -144,6 +144,7 @@ def test_a_worker_node_killed_mid_run_still_ends_with_every_input_once(
     # stops (exit 2) and keeps its shards; the same command finishes it.
     assert code in (0, 2), out[-8000:]
     if code == 2:
+        assert "run the same command again to resume it" in out, out[-3000:]
         again, out = _finish(_start(command))
         assert again == 0, out[-3000:]
         resumed = json.loads(report.read_text())["runs"][0]
