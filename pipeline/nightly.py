@@ -164,6 +164,7 @@ class _Runner:
         self.on_progress = on_progress
         self.model = job.graph.model
         self._planned: ResourcePlan | None = None
+        self._shards_written = 0  # by this process, over all its runs (the test hook counts these)
 
     def _plan(self) -> ResourcePlan:
         if self._planned is None:
@@ -239,12 +240,11 @@ class _Runner:
         report.shards_reused = len(done)
         pending = shards.rows_of([i for i in range(shards.count) if i not in done])
         heartbeat = _Heartbeat(self.fs, posixpath.join(self._run_dir(run), "heartbeat"))
-        written = 0
         try:
             if pending.num_rows and self._locally(pending):
                 try:
                     for table in score_locally(self.job.graph, pending.select(["id", "uri"])):
-                        written += self._take(table, shards, shard_dir, report, written)
+                        self._take(table, shards, shard_dir, report)
                 except LocalScoringFailed as exc:
                     logger.warning("%s: scoring the rest with Ray, which isolates such rows", exc)
                 pending = pending.filter(pc.invert(pc.is_in(pending.column("id"), value_set=shards.arrived())))
@@ -256,9 +256,9 @@ class _Runner:
                     source = dataclasses.replace(source, only_ids=pending.column("id").combine_chunks())
                 try:
                     for table in scored_tables(self.job.graph, source, self._plan(), record_node=True):
-                        written += self._take(table, shards, shard_dir, report, written)
+                        self._take(table, shards, shard_dir, report)
                 except WorkerCrashedError as exc:
-                    kept = report.shards_reused + written
+                    kept = report.shards_reused + self._shards_written
                     raise WorkerCrashedError(
                         f"{exc}; run {run} keeps its {kept} of {shards.count} finished shards: run the same command "
                         "again to resume it"
@@ -283,17 +283,15 @@ class _Runner:
     def _locally(self, pending: pa.Table) -> bool:
         return isinstance(self.job.source, FileListing) and 0 < pending.num_rows <= self.job.local_max_rows
 
-    def _take(self, table: pa.Table, shards: Shards, shard_dir: str, report: RunReport, written: int) -> int:
-        """Gather scored rows; write the shards they complete. Returns how many shards it wrote."""
+    def _take(self, table: pa.Table, shards: Shards, shard_dir: str, report: RunReport) -> None:
+        """Gather scored rows; write the shards they complete."""
         report.scored_now += table.num_rows
-        complete = shards.add(table)
-        for index, rows in complete:
+        for index, rows in shards.add(table):
             self._write_atomically(shard_path(shard_dir, index), rows)
-            written += 1
-            _fault(f"after_shards={written}")
+            self._shards_written += 1
+            _fault(f"after_shards={self._shards_written}")
         if self.on_progress is not None:
             self.on_progress(report.scored_now)
-        return len(complete)
 
     def _committed_rows(self, run: int, frozen: pa.Table, shard_dir: str, count: int) -> pa.Table:
         """Every shard's rows, with the run's columns, checked against the frozen set: each input once."""

@@ -24,17 +24,14 @@ class Shards:
     def __init__(self, frozen: pa.Table, shard_rows: int) -> None:
         self.frozen, self.shard_rows = frozen, shard_rows
         self.count = -(-frozen.num_rows // shard_rows)
-        ids = frozen.column("id").to_pylist()
-        self._position = {row_id: i for i, row_id in enumerate(ids)}
-        self._shard_of = {row_id: i // shard_rows for i, row_id in enumerate(ids)}
+        self._position = {row_id: i for i, row_id in enumerate(frozen.column("id").to_pylist())}
         self._waiting: dict[int, list[pa.Table]] = {}
-        self._completed_ids: list[str] = []
-        self._missing = Counter(self._shard_of.values())
+        self._arrived: list[str] = []
+        self._missing = Counter(i // shard_rows for i in range(frozen.num_rows))
 
     def arrived(self) -> pa.Array:
         """Ids scored so far in this attempt (complete shards and the ones still gathering)."""
-        ids = [row_id for parts in self._waiting.values() for part in parts for row_id in part.column("id").to_pylist()]
-        return pa.array(ids + self._completed_ids, pa.string())
+        return pa.array(self._arrived, pa.string())
 
     def rows_of(self, shards: list[int]) -> pa.Table:
         wanted = set(shards)
@@ -43,7 +40,9 @@ class Shards:
 
     def add(self, scored: pa.Table) -> list[tuple[int, pa.Table]]:
         """Take scored rows; return the shards this completes, each with its rows and input columns."""
-        shard_ids = pa.array([self._shard_of[i] for i in scored.column("id").to_pylist()], pa.int64())
+        ids = scored.column("id").to_pylist()
+        self._arrived += ids
+        shard_ids = pa.array([self._position[i] // self.shard_rows for i in ids], pa.int64())
         complete = []
         for index in pc.unique(shard_ids).to_pylist():
             part = scored.filter(pc.equal(shard_ids, index))
@@ -51,7 +50,6 @@ class Shards:
             self._missing[index] -= part.num_rows
             if self._missing[index] == 0:
                 rows = pa.concat_tables(self._waiting.pop(index)).sort_by("id")
-                self._completed_ids += rows.column("id").to_pylist()
                 where = pa.array([self._position[i] for i in rows.column("id").to_pylist()], pa.int64())
                 for name in ("uri", "fingerprint"):
                     rows = rows.append_column(name, self.frozen.column(name).take(where))

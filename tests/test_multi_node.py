@@ -6,6 +6,7 @@ Every scenario ends with the same check: each input of the frozen set is in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,7 +56,7 @@ def cluster() -> Iterator[Keeper]:
         yield Keeper(process, started["address"], started["nodes"])
     finally:
         started_pids = descendants(process.pid)
-        with __import__("contextlib").suppress(OSError, BrokenPipeError):
+        with contextlib.suppress(OSError, BrokenPipeError):
             process.stdin.write("quit\n")  # type: ignore[union-attr]
             process.stdin.flush()  # type: ignore[union-attr]
         try:
@@ -63,7 +64,7 @@ def cluster() -> Iterator[Keeper]:
         except subprocess.TimeoutExpired:
             process.kill()
         for pid in started_pids:  # whatever the shutdown left
-            with __import__("contextlib").suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -106,6 +107,24 @@ def _shards_written(table: Path) -> int:
     return len(list((table / "_streamscore").glob("*/run-*/*/shard-*.parquet")))
 
 
+@dataclass
+class SlowRun:
+    images: Path
+    table: Path
+    report: Path
+    command: list[str]
+    process: subprocess.Popen
+
+
+def _slow_run_under_way(cluster: Keeper, models: Path, digit_files, tmp_path: Path, n: int) -> SlowRun:  # type: ignore[no-untyped-def]
+    """A nightly run of ``n`` slow digits, once its first shard is written (or it ended)."""
+    images, table, report = _digits(tmp_path / "images", digit_files, n), tmp_path / "t.delta", tmp_path / "r.json"
+    command = _command(cluster, images, table, report, models)
+    run = _start(command)
+    wait_for(lambda: _shards_written(table) > 0 or run.poll() is not None, 180, 0.05)
+    return SlowRun(images, table, report, command, run)
+
+
 def _exactly_once(table: Path, images: Path) -> list[dict]:
     rows = DeltaTable(str(table)).to_pyarrow_table().to_pylist()
     assert sorted(r["id"] for r in rows) == sorted(p.name for p in images.iterdir())
@@ -117,9 +136,8 @@ def test_rows_are_scored_on_every_node_including_one_that_joins_mid_run(
 ) -> None:  # type: ignore[no-untyped-def]
     # 40 s on two actors: long enough for Ray Data to see the new node, since its autoscaling coordinator
     # refreshes the cluster's resources every 20 s (Ray 2.60); only then may a pool grow.
-    images, table, report = _digits(tmp_path / "images", digit_files, 1600), tmp_path / "t.delta", tmp_path / "r.json"
-    run = _start(_command(cluster, images, table, report, slow_digits))
-    wait_for(lambda: _shards_written(table) > 0 or run.poll() is not None, 180, 0.05)
+    slow = _slow_run_under_way(cluster, slow_digits, digit_files, tmp_path, 1600)
+    images, table, run = slow.images, slow.table, slow.process
     joined = cluster.ask("add 1")["node_id"]  # as an autoscaler or a spot replacement would
     code, out = _finish(run)
     assert code == 0, out[-3000:]
@@ -132,10 +150,8 @@ def test_rows_are_scored_on_every_node_including_one_that_joins_mid_run(
 def test_a_worker_node_killed_mid_run_still_ends_with_every_input_once(
     cluster: Keeper, slow_digits: Path, digit_files, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    images, table, report = _digits(tmp_path / "images", digit_files, 400), tmp_path / "t.delta", tmp_path / "r.json"
-    command = _command(cluster, images, table, report, slow_digits)
-    run = _start(command)
-    wait_for(lambda: _shards_written(table) > 0 or run.poll() is not None, 180, 0.05)
+    slow = _slow_run_under_way(cluster, slow_digits, digit_files, tmp_path, 400)
+    images, table, report, command, run = slow.images, slow.table, slow.report, slow.command, slow.process
     victim = cluster.nodes.pop(0)
     cluster.ask(f"kill {victim}")  # its raylet and every worker on it, SIGKILL
     cluster.nodes.append(cluster.ask("add 1")["node_id"])  # the cluster replaces it, as a cloud would
@@ -166,9 +182,9 @@ def _actor_pids(cluster: Keeper) -> list[int]:
 def test_an_inference_actor_killed_mid_run_changes_nothing(
     cluster: Keeper, slow_digits: Path, digit_files, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    images, table, report = _digits(tmp_path / "images", digit_files, 400), tmp_path / "t.delta", tmp_path / "r.json"
-    run = _start(_command(cluster, images, table, report, slow_digits))
-    wait_for(lambda: (_shards_written(table) > 0 and bool(_actor_pids(cluster))) or run.poll() is not None, 180, 0.05)
+    slow = _slow_run_under_way(cluster, slow_digits, digit_files, tmp_path, 400)
+    images, table, run = slow.images, slow.table, slow.process
+    wait_for(lambda: bool(_actor_pids(cluster)) or run.poll() is not None, 60, 0.05)
     assert run.poll() is None, "the run ended before an actor could be killed"
     os.kill(_actor_pids(cluster)[0], signal.SIGKILL)
     code, out = _finish(run)
