@@ -188,8 +188,10 @@ def build(repository: Path, version: str = "1") -> Path:
     model, _ = train()
     export_onnx(model, folder / "model.onnx")
     spec = manifest(version)
+    assert spec.labels_file is not None
     (folder / "manifest.json").write_text(spec.model_dump_json(indent=2) + "\n", encoding="utf-8")
     (folder / spec.labels_file).write_text("\n".join(LABELS) + "\n", encoding="utf-8")
+    write_calibration_images(folder / CALIBRATION_FOLDER)
     logger.info("wrote %s (model.onnx %d bytes)", folder, (folder / "model.onnx").stat().st_size)
     return folder
 
@@ -204,18 +206,35 @@ def write_heldout_images(folder: Path, size: int = 32) -> list[tuple[Path, int]]
     Raises:
         ValueError: if ``size`` is not a positive multiple of 8 (the round trip would no longer be exact).
     """
+    _, x_test, _, y_test, _, idx_test = _split()
+    return _write_pngs(Path(folder), x_test, y_test, idx_test, size)
+
+
+CALIBRATION_FOLDER = "calibration"
+CALIBRATION_IMAGES = 100
+
+
+def write_calibration_images(folder: Path, count: int = CALIBRATION_IMAGES) -> list[tuple[Path, int]]:
+    """Write the first ``count`` *training* digits as 8x8 PNGs: what ``streamscore models quantize`` calibrates
+    this model on by default (shipped in the version's ``calibration/`` folder; never the held-out digits,
+    on which the quantized version's accuracy is measured)."""
+    x_train, _, y_train, _, idx_train, _ = _split()
+    return _write_pngs(Path(folder), x_train[:count], y_train[:count], idx_train[:count], SIDE_PX)
+
+
+def _write_pngs(
+    folder: Path, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, size: int
+) -> list[tuple[Path, int]]:
     from PIL import Image
 
     if size <= 0 or size % SIDE_PX:
         raise ValueError(
             f"size must be a positive multiple of {SIDE_PX} so that an area resize recovers the digit; got {size}"
         )
-    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _, x_test, _, y_test, _, idx_test = _split()
-    pixels = np.rint(x_test * (255.0 / DATA_MAX)).astype(np.uint8)
+    pixels = np.rint(images * (255.0 / DATA_MAX)).astype(np.uint8)
     written: list[tuple[Path, int]] = []
-    for image, label, index in zip(pixels, y_test, idx_test, strict=True):
+    for image, label, index in zip(pixels, labels, indices, strict=True):
         path = folder / f"{int(index):04d}_label{int(label)}.png"
         grey = Image.fromarray(image)  # a 2-D uint8 array becomes an 8-bit "L" image
         grey.resize((size, size), Image.Resampling.NEAREST).save(path)

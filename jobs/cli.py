@@ -1,4 +1,4 @@
-"""The ``streamscore`` command: ``score``, ``nightly``, ``serve``, ``admin`` and ``models list``."""
+"""The ``streamscore`` command: ``score``, ``nightly``, ``serve``, ``admin`` and ``models`` (list, add, quantize)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from jobs import admin, batch_score, console, nightly, serve
+from jobs import admin, batch_score, console, model_commands, nightly, serve
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
-
-
-def _models_list(args: argparse.Namespace) -> int:
-    from pipeline.models import ModelRepository
-
-    root = console.models_dir(args)
-    repository = ModelRepository(root)
-    names = repository.names()
-    if not names:
-        print(f"no models in {root}", file=sys.stderr)
-        return 1
-    print(f"models in {root}:")
-    for name in names:
-        print(f"  {name}: versions {', '.join(repository.versions(name))}")
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,14 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     administer.set_defaults(handler=admin.run)
 
     models = commands.add_parser(
-        "models", help="the model repository", epilog="example: streamscore models list", formatter_class=_FORMAT
-    )
-    listing = models.add_subparsers(dest="models_command", required=True).add_parser(
-        "list", help="list models and versions", epilog="example: streamscore models list --models-dir models",
-        formatter_class=_FORMAT,
+        "models", help="the model repository: list, add your own ONNX model, quantize to INT8",
+        description=model_commands.__doc__, formatter_class=_FORMAT,
     )  # fmt: skip
-    console.add_models_dir(listing)
-    listing.set_defaults(handler=_models_list)
+    model_commands.add_arguments(models)
+    models.set_defaults(handler=model_commands.run)
     return parser
 
 

@@ -13,6 +13,7 @@ import time
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow.fs as pafs
 from pydantic import Field
 
 from common.errors import InferenceError, ModelLoadError
@@ -42,6 +43,9 @@ class InferParams(Params):
     # a batch job keeps (every input comes out); "raise": an InferenceError, for callers that answer one
     # request and must not answer it with rows that hold no prediction (the Serve scorer).
     on_error: Literal["rows", "raise"] = "rows"
+    # The graph's fixed batch size (None: dynamic). Calls then take exactly this many rows, the last one
+    # padded with zeros whose outputs are dropped.
+    fixed_batch: int | None = Field(default=None, ge=1)
     # Width of the output vector, for batches where no row reaches the model (the graph knows it from the
     # labels; a symbolic class axis in the ONNX graph would leave it unknown).
     output_width: int | None = Field(default=None, ge=1)
@@ -52,6 +56,16 @@ def read_model_bytes(uri: str) -> bytes:
     filesystem, path = resolve(uri)
     with filesystem.open_input_stream(path) as stream:
         return stream.read()
+
+
+def session_source(uri: str) -> str | bytes:
+    """What to hand ONNX Runtime for ``uri``: a local file's path, so that external data beside it is found
+    (checked to stay in the version's folder by ``pipeline.onnx_graph`` when the version is loaded and added);
+    the bytes of a remote one, which must then hold all its weights."""
+    filesystem, path = resolve(uri)
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return path
+    return read_model_bytes(uri)
 
 
 def make_session(params: InferParams) -> Any:
@@ -70,7 +84,7 @@ def make_session(params: InferParams) -> Any:
         providers = ["CPUExecutionProvider"]
     start = time.perf_counter()
     try:
-        session = ort.InferenceSession(read_model_bytes(params.model_uri), options, providers=providers)
+        session = ort.InferenceSession(session_source(params.model_uri), options, providers=providers)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many types for a bad file; all mean "cannot load"
         raise ModelLoadError(f"could not load {params.model_uri}: {exc}") from exc
     if params.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
@@ -135,10 +149,17 @@ class Infer(Operator):
         return with_errors(batch, errors, self.drops, output=outputs)
 
     def _run_in_chunks(self, x: np.ndarray) -> np.ndarray:
-        step = self.params.max_rows_per_call or len(x)
-        # ascontiguousarray: ORT reads a non-contiguous numpy input wrongly (seen with sliced batches).
-        parts = [self._run(np.ascontiguousarray(x[i : i + step])) for i in range(0, len(x), step)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        fixed = self.params.fixed_batch
+        step = fixed or self.params.max_rows_per_call or len(x)
+        parts = []
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            if fixed and len(chunk) < fixed:
+                chunk = np.concatenate([chunk, np.zeros((fixed - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            # ascontiguousarray: ORT reads a non-contiguous numpy input wrongly (seen with sliced batches).
+            parts.append(self._run(np.ascontiguousarray(chunk))[: min(step, len(x) - i)])
+        outputs = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return outputs.reshape(len(x), int(np.prod(outputs.shape[1:])))  # (N, K, 1, 1) or (N, 1, K) -> (N, K)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         p = self.params

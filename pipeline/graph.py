@@ -186,21 +186,28 @@ def graph_for_model(model: ModelVersion, options: ScoringOptions, *, read_files:
                 "model_uri": model.model_uri,
                 "input_name": m.input.name,
                 "output_name": m.output.name,
-                "output_width": len(model.labels),
+                "output_width": model.output_width,
+                "fixed_batch": m.input.batch,
             },
         ),
-        OperatorSpec(
-            name="postprocess",
-            params={
-                "labels": model.labels,
-                "top_k": options.top_k,
-                "softmax": m.output.kind == "logits",
-                "keep_output": options.raw_outputs,
-            },
-        ),
+        _answer_operator(model, options),
     ]
     # Parameters are validated now, on the driver, not on the first batch of a worker.
     built = [operators.create(s) for s in preprocess + inference]
     source = ("id", "uri", ERROR) if read_files else ("id", "bytes", ERROR)
     check_contract(built, [SOURCE_SCHEMA[name] for name in source])
     return Graph(model=model, preprocess=tuple(preprocess), inference=tuple(inference))
+
+
+def _answer_operator(model: ModelVersion, options: ScoringOptions) -> OperatorSpec:
+    """What turns the model's output into a row's answer: top-k labels, or the embedding vector."""
+    output = model.manifest.output
+    if model.manifest.task == "embedding":
+        return OperatorSpec(name="embed", params={"l2_normalize": output.l2_normalize})
+    params = {
+        "labels": model.labels,
+        "top_k": options.top_k,
+        "softmax": output.kind == "logits",
+        "keep_output": options.raw_outputs,
+    }
+    return OperatorSpec(name="postprocess", params=params)

@@ -28,6 +28,9 @@ class InputSpec(_Frozen):
     width: int = Field(gt=0)
     color: Literal["RGB", "L"] = "RGB"
     dtype: Literal["float32"] = "float32"
+    # The batch size the graph is fixed at (exports without a dynamic batch axis often take exactly 1); None:
+    # any. Inference then runs in calls of this many rows, the last one padded.
+    batch: int | None = Field(default=None, gt=0)
 
     @property
     def channels(self) -> int:
@@ -57,10 +60,24 @@ class PreprocessSpec(_Frozen):
 
 
 class OutputSpec(_Frozen):
-    """The class-score output of the ONNX graph."""
+    """The output of the ONNX graph that a row reports: class scores, or an embedding vector."""
 
     name: str
-    kind: Literal["logits", "probabilities"] = "logits"
+    kind: Literal["logits", "probabilities", "embedding"] = "logits"
+    # Embeddings only: scale each vector to unit length (cosine similarity becomes a dot product).
+    l2_normalize: bool = False
+    # The output vector's width. Classification takes it from the labels; an embedding states it, so that a
+    # batch in which no row reaches the model still has the right shape (graphs may leave the axis symbolic).
+    width: int | None = Field(default=None, gt=0)
+
+
+class QuantizationSpec(_Frozen):
+    """How a quantized version was made from another: what ``streamscore models quantize`` records."""
+
+    source_version: str
+    method: str
+    calibration_images: int = Field(gt=0)
+    calibration_sources: tuple[str, ...]
 
 
 class ModelManifest(_Frozen):
@@ -68,15 +85,21 @@ class ModelManifest(_Frozen):
 
     name: str
     version: str
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "embedding"] = "classification"
     input: InputSpec
     preprocess: PreprocessSpec
     output: OutputSpec
-    labels_file: str = "labels.txt"
+    # Class names, one per line, in output order; an embedding model has none.
+    labels_file: str | None = "labels.txt"
     source: str = ""
+    quantization: QuantizationSpec | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelManifest:
+        if self.task == "embedding" and (self.output.kind != "embedding" or self.output.width is None):
+            raise ValueError("task 'embedding' needs output.kind 'embedding' and output.width (the vector's length)")
+        if self.task == "classification" and (self.output.kind == "embedding" or not self.labels_file):
+            raise ValueError("task 'classification' needs output.kind 'logits' or 'probabilities' and a labels_file")
         channels = self.input.channels
         if len(self.preprocess.mean) != channels:
             raise ValueError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,11 @@ class ModelVersion:
     @property
     def version(self) -> str:
         return self.manifest.version
+
+    @property
+    def output_width(self) -> int:
+        """Length of a row's output vector: the number of classes, or the embedding's width."""
+        return self.manifest.output.width or len(self.labels)
 
 
 class ModelRepository:
@@ -97,11 +103,17 @@ class ModelRepository:
     def load(self, ref: ModelRef | str, check_graph: bool = True) -> ModelVersion:
         """Load ``ref`` (its latest version when it names none): manifest, labels, and (by default) a check of
         the ONNX graph against them."""
-        start = time.perf_counter()
         ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
-        name = ref.name
-        version = self.resolve_version(name, ref.version)
-        folder = join(self._root_path, f"{name}/{version}")
+        version = self.resolve_version(ref.name, ref.version)
+        return self.load_folder(
+            join(self._root_path, f"{ref.name}/{version}"), ModelRef(name=ref.name, version=version), check_graph
+        )
+
+    def load_folder(self, folder: str, ref: ModelRef, check_graph: bool = True) -> ModelVersion:
+        """Load the version in ``folder`` (a path on this repository's filesystem), which must say it is ``ref``:
+        how a version being added is checked before it is renamed into place."""
+        start = time.perf_counter()
+        name, version = ref.name, ref.version
         try:
             manifest = ModelManifest.model_validate(json.loads(self._read_text(join(folder, MANIFEST_FILE))))
         except (ValidationError, json.JSONDecodeError) as exc:
@@ -110,10 +122,12 @@ class ModelRepository:
             raise ModelLoadError(
                 f"manifest in {name}/{version} says {manifest.name}:{manifest.version}; fix the manifest or the folder"
             )
-        labels = tuple(
-            line.strip() for line in self._read_text(join(folder, manifest.labels_file)).splitlines() if line.strip()
-        )
-        model = ModelVersion(manifest, labels, join(self._uri_root, f"{name}/{version}/{MODEL_FILE}"))
+        labels: tuple[str, ...] = ()
+        if manifest.labels_file:
+            text = self._read_text(join(folder, manifest.labels_file))
+            labels = tuple(line.strip() for line in text.splitlines() if line.strip())
+        model_path = join(folder, MODEL_FILE)
+        model = ModelVersion(manifest, labels, self._uri_root + model_path[len(self._root_path) :])
         if check_graph:
             check_model_matches_manifest(model)
         logger.info("loaded model %s:%s in %.1f ms", name, version, (time.perf_counter() - start) * 1e3)
@@ -124,13 +138,18 @@ def check_model_matches_manifest(model: ModelVersion) -> None:
     """Open the ONNX graph (unoptimized: only its signature is needed) and compare it with the manifest."""
     import onnxruntime as ort
 
-    from operators.infer import read_model_bytes
+    from operators.infer import session_source
 
+    source = session_source(model.model_uri)
+    if isinstance(source, str):  # a local file: its external data must stay in its folder, checked before ORT reads it
+        from pipeline.onnx_graph import external_data_files
+
+        external_data_files(Path(source))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
     try:
-        session = ort.InferenceSession(read_model_bytes(model.model_uri), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises many types for a bad file; all mean "cannot load"
         raise ModelLoadError(f"cannot open {model.model_uri}: {exc}") from exc
     spec, where = model.manifest.input, f"{model.name}:{model.version}"
@@ -162,10 +181,13 @@ def check_model_matches_manifest(model: ModelVersion) -> None:
         raise ModelLoadError(
             f"{where}: manifest output {out_spec.name!r} is not in the ONNX graph; outputs: {list(outputs)}"
         )
-    classes = outputs[out_spec.name].shape[-1]
-    if isinstance(classes, int) and classes != len(model.labels):
+    shape = list(outputs[out_spec.name].shape)
+    width = math.prod(shape[1:]) if all(isinstance(d, int) for d in shape[1:]) else None
+    if width is not None and width != model.output_width:
         raise ModelLoadError(
-            f"{where}: output {out_spec.name!r} has {classes} classes but labels file has {len(model.labels)}"
+            f"{where}: output {out_spec.name!r} has {width} classes but labels file has {len(model.labels)}"
+            if model.labels
+            else f"{where}: output {out_spec.name!r} has {width} values per row but the manifest says width {model.output_width}"
         )
 
 

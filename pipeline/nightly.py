@@ -49,7 +49,7 @@ from pipeline.fingerprints import FingerprintMode, fingerprinted, frozen_set_dig
 from pipeline.graph import Graph
 from pipeline.local_scoring import LocalScoringFailed, score_locally
 from pipeline.planner import ResourcePlan
-from pipeline.scored_table import TABLE_SCHEMA, RunTakenError, ScoredTable, claimant
+from pipeline.scored_table import RunTakenError, ScoredTable, claimant, table_schema
 from pipeline.shards import Shards, shard_path
 from pipeline.sources import FileListing, ParquetSource
 
@@ -157,7 +157,7 @@ def _fault(point: str) -> None:
 class _Runner:
     def __init__(self, job: NightlyJob, on_progress: Callable[[int], None] | None) -> None:
         self.job = job
-        self.table = ScoredTable(job.table_uri)
+        self.table = ScoredTable(job.table_uri, schema=table_schema(job.graph.model.manifest.task))
         self.fs, table_path = resolve(job.table_uri)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job.job_id)
         self.state_dir = posixpath.join(table_path, STATE_DIR, safe)
@@ -296,7 +296,7 @@ class _Runner:
     def _committed_rows(self, run: int, frozen: pa.Table, shard_dir: str, count: int) -> pa.Table:
         """Every shard's rows, with the run's columns, checked against the frozen set: each input once."""
         parts = [pq.read_table(shard_path(shard_dir, i), filesystem=self.fs) for i in range(count)]
-        rows = pa.concat_tables(parts, promote_options="permissive") if parts else TABLE_SCHEMA.empty_table()
+        rows = pa.concat_tables(parts, promote_options="permissive") if parts else self.table.schema.empty_table()
         ids = rows.column("id")
         if rows.num_rows != frozen.num_rows or pc.count_distinct(ids).as_py() != frozen.num_rows:
             raise LostRowsError(f"run {run}: {rows.num_rows} rows in its shards for {frozen.num_rows} inputs")
@@ -311,7 +311,7 @@ class _Runner:
         }
         for name, values in columns.items():
             rows = rows.append_column(name, values)
-        return rows.select(TABLE_SCHEMA.names).cast(TABLE_SCHEMA)
+        return rows.select(self.table.schema.names).cast(self.table.schema)
 
     # ------------------------------------------------------------------ files
     def _report(self, run: int, *, resumed: bool, seen: int, frozen: int) -> RunReport:

@@ -1,7 +1,8 @@
 """The prediction table: one row per input, with a prediction or an error, never neither.
 
-Columns: ``id``, ``model``, ``model_version``, ``label``, ``score``, ``top_k`` (list of {label, score}) and
-``error`` (null when the row was scored); optionally ``raw_output`` (the model's output vector).
+Columns: ``id``, ``model``, ``model_version``, then the answer, then ``error`` (null when the row was scored).
+A classifier answers ``label``, ``score`` and ``top_k`` (list of {label, score}), optionally ``raw_output`` (the
+model's output vector); an embedding model answers ``embedding`` (list<float32>).
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ if TYPE_CHECKING:
     from pipeline.models import ModelVersion
 
 TOP_K_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
+EMBEDDING_TYPE = pa.list_(pa.float32())
+_KEYS = [("id", pa.string()), ("model", pa.string()), ("model_version", pa.string())]
 PREDICTION_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("model", pa.string()),
-        ("model_version", pa.string()),
-        ("label", pa.string()),
-        ("score", pa.float32()),
-        ("top_k", TOP_K_TYPE),
-        (ERROR, pa.string()),
-    ]
+    [*_KEYS, ("label", pa.string()), ("score", pa.float32()), ("top_k", TOP_K_TYPE), (ERROR, pa.string())]
 )
+EMBEDDING_SCHEMA = pa.schema([*_KEYS, ("embedding", EMBEDDING_TYPE), (ERROR, pa.string())])
+
+
+def prediction_schema(task: str) -> pa.Schema:
+    """The table's columns for a model's ``task`` ("classification" or "embedding")."""
+    return EMBEDDING_SCHEMA if task == "embedding" else PREDICTION_SCHEMA
 
 
 def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:
@@ -36,6 +37,18 @@ def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:
     n = len(batch["id"])
     errors = errors_of(batch)
     ok = ok_mask(batch)
+    keys = [
+        pa.array([str(i) for i in batch["id"]], pa.string()),
+        pa.array(np.full(n, model.name, dtype=object), pa.string()),
+        pa.array(np.full(n, model.version, dtype=object), pa.string()),
+    ]
+    if "embedding" in batch:
+        vectors = batch["embedding"]
+        width = vectors.shape[1] if vectors.ndim == 2 else 0
+        offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32) if width else np.zeros(n + 1, np.int32))
+        values = pa.array(vectors.reshape(-1), pa.float32())
+        embedding = pa.ListArray.from_arrays(offsets, values, type=EMBEDDING_TYPE, mask=pa.array(~ok))
+        return pa.Table.from_arrays([*keys, embedding, pa.array(errors, pa.string())], schema=EMBEDDING_SCHEMA)
     top_index = batch["top_k_index"]
     k = top_index.shape[1] if top_index.ndim == 2 else 0
     labels = pa.array(model.labels, pa.string())
@@ -46,9 +59,7 @@ def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:
     offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32) if k else np.zeros(n + 1, np.int32))
     top_k = pa.ListArray.from_arrays(offsets, struct, type=TOP_K_TYPE, mask=pa.array(~ok))
     columns = [
-        pa.array([str(i) for i in batch["id"]], pa.string()),
-        pa.array(np.full(n, model.name, dtype=object), pa.string()),
-        pa.array(np.full(n, model.version, dtype=object), pa.string()),
+        *keys,
         pa.array(batch["label"], pa.string(), mask=~ok),
         pa.array(batch["score"], pa.float32(), mask=~ok),
         top_k,

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.errors import StreamScoreError
-from pipeline.output import PREDICTION_SCHEMA
+from pipeline.output import prediction_schema
 
 METADATA_PREFIX = "streamscore."
 # Columns the nightly table adds to the prediction columns.
@@ -39,7 +39,15 @@ RUN_COLUMNS = [
     ("run_date", pa.date32()),
 ]
 PARTITION_BY = ["run_date"]
-TABLE_SCHEMA = pa.schema(list(PREDICTION_SCHEMA) + [pa.field(name, kind) for name, kind in RUN_COLUMNS])
+
+
+def table_schema(task: str = "classification") -> pa.Schema:
+    """The nightly table's columns for a model's task: its prediction columns, then the run's. A table holds
+    one task's rows (the first claim creates it; a commit of the other task's rows fails on the cast)."""
+    return pa.schema(list(prediction_schema(task)) + [pa.field(name, kind) for name, kind in RUN_COLUMNS])
+
+
+TABLE_SCHEMA = table_schema()
 
 
 class RunTakenError(StreamScoreError):
@@ -57,9 +65,12 @@ def commit_version(run: int) -> int:
 class ScoredTable:
     """One Delta table at ``uri`` (a local folder, or any URI delta-rs takes, with ``storage_options``)."""
 
-    def __init__(self, uri: str, storage_options: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, uri: str, storage_options: dict[str, str] | None = None, schema: pa.Schema = TABLE_SCHEMA
+    ) -> None:
         self.uri = uri
         self._storage_options = storage_options
+        self.schema = schema
 
     def _load(self) -> Any | None:
         """The table as it is now (each call reads the latest version), or None before its first commit."""
@@ -95,7 +106,7 @@ class ScoredTable:
 
     def claim(self, app_id: str, run: int, metadata: dict[str, str]) -> int:
         """Claim run ``run`` of ``app_id`` (an empty commit); return the Delta version it made."""
-        return self._commit(TABLE_SCHEMA.empty_table(), app_id, claim_version(run), {**metadata, "step": "claim"})
+        return self._commit(self.schema.empty_table(), app_id, claim_version(run), {**metadata, "step": "claim"})
 
     def commit_rows(self, app_id: str, run: int, rows: pa.Table, metadata: dict[str, str]) -> int:
         """Commit run ``run``'s rows in one Delta commit; return its version."""
@@ -118,7 +129,7 @@ class ScoredTable:
         try:
             write_deltalake(
                 snapshot if snapshot is not None else self.uri,
-                rows.cast(TABLE_SCHEMA),
+                rows.cast(self.schema),
                 mode="append",
                 partition_by=PARTITION_BY,
                 commit_properties=properties,

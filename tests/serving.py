@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "efficientnet-lite0"
+EMBED_MODEL = "efficientnet-lite0-embed"
 ADMIN_TOKEN = "test-admin-token"
 # digits: 80/20 between versions 1 and 2, version 3 at weight 0, X-Region: cn -> 2, sticky by X-User.
 ROUTING = {
@@ -22,8 +23,10 @@ ROUTING = {
 
 
 def make_served_repository(root: Path, models_dir: Path) -> Path:
-    """EfficientNet-Lite0 and four versions of digits (same weights; version 4 a broken upload)."""
+    """EfficientNet-Lite0, its embedding model, and four versions of digits (same weights; version 4 a broken
+    upload)."""
     shutil.copytree(models_dir / MODEL, root / MODEL)
+    shutil.copytree(models_dir / EMBED_MODEL, root / EMBED_MODEL)
     for version in ("1", "2", "3", "4"):
         shutil.copytree(models_dir / "digits" / "1", root / "digits" / version)
         manifest = json.loads((root / "digits" / version / "manifest.json").read_text())

@@ -98,7 +98,7 @@ def test_fsspec_only_schemes_work_through_the_same_interface() -> None:
     import fsspec
 
     memory = fsspec.filesystem("memory")
-    for path in (MODELS_DIR / "digits" / "1").iterdir():
+    for path in (p for p in (MODELS_DIR / "digits" / "1").iterdir() if p.is_file()):
         memory.pipe(f"/repo/digits/1/{path.name}", path.read_bytes())
     model = ModelRepository("memory://repo").load("digits")
     assert model.model_uri == "memory://repo/digits/1/model.onnx"

@@ -54,6 +54,10 @@ SAMPLES: dict[str, tuple[dict, Callable[[int], Batch]]] = {
         {"labels": LABELS, "top_k": 3},
         lambda n: {"output": RNG.normal(size=(n, 10)).astype(np.float32), ERROR: _errors(n)},
     ),
+    "embed": (
+        {"l2_normalize": True},
+        lambda n: {"output": RNG.normal(size=(n, 12)).astype(np.float32), ERROR: _errors(n)},
+    ),
 }
 
 

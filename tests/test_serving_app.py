@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.graph import build_graph
-from tests.serving import MODEL, request_json
+from tests.serving import EMBED_MODEL, MODEL, request_json
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +124,25 @@ def test_v2_infer_with_json_and_with_the_standard_client(server: str, photo_jpeg
     result = client.infer(MODEL, inputs, model_version="1")
     assert result.as_numpy("label")[0][0] in (b"espresso", "espresso")
     assert result.as_numpy("score").shape == (2, 5)
+
+
+def test_embeddings_over_v2_and_predict_equal_the_batch_graph(server: str, repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    import tritonclient.http as tritonclient
+
+    images = [photo_jpegs["coffee"], photo_jpegs["chelsea"]]
+    reference = np.array(build_graph(EMBED_MODEL, repository).run(images).column("embedding").to_pylist())
+    client = tritonclient.InferenceServerClient(server.removeprefix("http://"))
+    assert client.get_model_metadata(EMBED_MODEL)["outputs"] == [
+        {"name": "embedding", "datatype": "FP32", "shape": [-1, 1280]}
+    ]
+    inputs = [tritonclient.InferInput("image", [2], "BYTES")]
+    inputs[0].set_data_from_numpy(np.array(images, dtype=object), binary_data=True)
+    vectors = client.infer(EMBED_MODEL, inputs).as_numpy("embedding")
+    assert vectors.shape == (2, 1280) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    status, _, body = request_json(f"{server}/predict/{EMBED_MODEL}", images[0])
+    assert status == 200 and set(body["predictions"][0]) == {"file", "embedding"}, body
+    np.testing.assert_allclose(body["predictions"][0]["embedding"], reference[0], atol=1e-5)
 
 
 def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]

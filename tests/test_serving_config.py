@@ -78,7 +78,7 @@ def test_the_app_is_refused_on_the_driver_when_its_routing_cannot_work(ray_clust
     from pipeline.serving.config import ServeConfig
     from tests.serving import ROUTING
 
-    with pytest.raises(ConfigError, match="sends traffic to 3 versions .* max_cached_versions=2"):
+    with pytest.raises(ConfigError, match="sends traffic to 4 versions .* max_cached_versions=2"):
         build_app(ServeConfig(models_dir=str(served_repository), routing=ROUTING, max_cached_versions=2))
     with pytest.raises(ConfigError, match=r"routing for 'digits' names versions \['9'\]"):
         build_app(ServeConfig(models_dir=str(served_repository), routing={"digits": {"weights": {"9": 1}}}))

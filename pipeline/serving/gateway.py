@@ -119,9 +119,12 @@ class Gateway:
         ref = self._resolve(name, version)
         graph, _ = await asyncio.to_thread(self._graphs.get, ref)
         versions = [str(ref.version)] if version else self._repository.versions(name)
-        k = min(self._config.options.top_k, len(graph.model.labels))  # what postprocess gives
+        model = graph.model
+        if model.manifest.task == "embedding":
+            return v2.model_metadata(name, versions, 0, embedding_width=model.output_width)
+        k = min(self._config.options.top_k, len(model.labels))  # what postprocess gives
         return v2.model_metadata(
-            name, versions, k, raw_width=len(graph.model.labels) if self._config.options.raw_outputs else None
+            name, versions, k, raw_width=len(model.labels) if self._config.options.raw_outputs else None
         )
 
     @http.get("/v2/models/{name}/ready")
@@ -176,10 +179,10 @@ class Gateway:
     async def _predict(self, ref: ModelRef, request: Request) -> JSONResponse:
         files = await self._bodies.files(request)
         table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request)
-        raw = "raw_output" in table.column_names  # ScoringOptions.raw_outputs, as in a batch row
+        # The row's answer as in a batch row: label, score and top-k (raw_output when kept), or the embedding.
+        answer = [c for c in table.column_names if c not in ("id", "model", "model_version", "error")]
         predictions = [
-            {"file": filename, "label": r["label"], "score": r["score"], "top_k": r["top_k"]}
-            | ({"raw_output": r["raw_output"]} if raw else {})
+            {"file": filename} | {c: r[c] for c in answer}
             for (filename, _), r in zip(files, table.to_pylist(), strict=True)
         ]
         return self._answer({"model": ref.name, "model_version": ref.version, "predictions": predictions}, ref)

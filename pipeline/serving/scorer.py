@@ -130,9 +130,17 @@ class ModelScorer:
         graph, _ = self._graphs.get(ref)
         spec = graph.model.manifest.input
         warm_up = np.random.default_rng(0).integers(0, 256, (2, spec.height, spec.width, spec.channels), np.uint8)
-        scores = self._run(ref, warm_up).column("score").to_numpy(zero_copy_only=False)
-        if not np.isfinite(scores).all():
-            raise InferenceError(f"{ref} gave non-finite scores on its warm-up batch")
+        table = self._run(ref, warm_up)
+        answer = (
+            table.column("embedding").combine_chunks().flatten()
+            if "embedding" in table.column_names
+            else table.column("score")
+        )
+        if (
+            table.column("error").null_count != len(table)
+            or not np.isfinite(answer.to_numpy(zero_copy_only=False)).all()
+        ):
+            raise InferenceError(f"{ref} gave non-finite outputs on its warm-up batch")
 
     def loaded(self) -> list[ModelRef]:
         """The versions this replica holds (least recently used first); at most ``max_cached_versions``."""

@@ -104,15 +104,21 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     return InferRequest(request_id if isinstance(request_id, str) else None, images)
 
 
+def _fp32_tensor(name: str, rows: list[list[float]]) -> dict[str, Any]:
+    return {"name": name, "datatype": "FP32", "shape": [len(rows), len(rows[0])], "data": [v for r in rows for v in r]}
+
+
 def infer_response(predictions: pa.Table, request_id: str | None) -> dict[str, Any]:
-    """Top-k labels (BYTES) and scores (FP32), shape [images, k], for every image of the request; with
-    ``ScoringOptions.raw_outputs`` also ``raw_output`` (FP32, [images, classes]), as in a batch row."""
+    """A classifier's top-k labels (BYTES) and scores (FP32), shape [images, k], for every image of the request;
+    with ``ScoringOptions.raw_outputs`` also ``raw_output`` (FP32, [images, classes]), as in a batch row. An
+    embedding model's vectors as ``embedding`` (FP32, [images, width])."""
     rows = predictions.to_pylist()
-    k = len(rows[0]["top_k"])
-    response: dict[str, Any] = {
-        "model_name": rows[0]["model"],
-        "model_version": rows[0]["model_version"],
-        "outputs": [
+    response: dict[str, Any] = {"model_name": rows[0]["model"], "model_version": rows[0]["model_version"]}
+    if "embedding" in predictions.column_names:
+        response["outputs"] = [_fp32_tensor("embedding", [r["embedding"] for r in rows])]
+    else:
+        k = len(rows[0]["top_k"])
+        response["outputs"] = [
             {
                 "name": "label",
                 "datatype": "BYTES",
@@ -125,35 +131,32 @@ def infer_response(predictions: pa.Table, request_id: str | None) -> dict[str, A
                 "shape": [len(rows), k],
                 "data": [t["score"] for r in rows for t in r["top_k"]],
             },
-        ],
-    }
+        ]
     if "raw_output" in predictions.column_names:
-        raw = [r["raw_output"] for r in rows]
-        response["outputs"].append(
-            {
-                "name": "raw_output",
-                "datatype": "FP32",
-                "shape": [len(rows), len(raw[0])],
-                "data": [v for r in raw for v in r],
-            }
-        )
+        response["outputs"].append(_fp32_tensor("raw_output", [r["raw_output"] for r in rows]))
     if request_id is not None:
         response["id"] = request_id
     return response
 
 
-def model_metadata(name: str, versions: list[str], top_k: int, raw_width: int | None = None) -> dict[str, Any]:
-    """The outputs a response carries: ``top_k`` labels and scores, and the raw outputs when kept."""
+def model_metadata(
+    name: str, versions: list[str], top_k: int, raw_width: int | None = None, embedding_width: int | None = None
+) -> dict[str, Any]:
+    """The outputs a response carries: ``top_k`` labels and scores and the raw outputs when kept, or, for an
+    embedding model (``embedding_width``), the vector."""
     metadata: dict[str, Any] = {
         "name": name,
         "versions": versions,
         "platform": "onnxruntime_onnx",
         "inputs": [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [
-            {"name": "label", "datatype": "BYTES", "shape": [-1, top_k]},
-            {"name": "score", "datatype": "FP32", "shape": [-1, top_k]},
-        ],
     }
+    if embedding_width is not None:
+        metadata["outputs"] = [{"name": "embedding", "datatype": "FP32", "shape": [-1, embedding_width]}]
+        return metadata
+    metadata["outputs"] = [
+        {"name": "label", "datatype": "BYTES", "shape": [-1, top_k]},
+        {"name": "score", "datatype": "FP32", "shape": [-1, top_k]},
+    ]
     if raw_width is not None:
         metadata["outputs"].append({"name": "raw_output", "datatype": "FP32", "shape": [-1, raw_width]})
     return metadata

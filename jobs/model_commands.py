@@ -1,0 +1,192 @@
+"""``streamscore models``: list the repository, add your own ONNX model, make an INT8 version of one.
+
+example: streamscore models list
+example: streamscore models add resnet18 resnet18.onnx --preset imagenet --labels imagenet_labels.txt
+example: streamscore models add clip-vision:1 vision.onnx --preset imagenet --task embedding --l2-normalize
+example: streamscore models quantize efficientnet-lite0:1
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import get_args
+
+from common.errors import ConfigError
+from jobs import console
+from operators.resize import Interpolation
+
+_FORMAT = argparse.RawDescriptionHelpFormatter
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected HxW or one number, got {text!r}")
+    return int(parts[0]), int(parts[-1])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipeline.model_add import PRESETS
+
+    commands = parser.add_subparsers(dest="models_command", required=True)
+    listing = commands.add_parser(
+        "list", help="list models and versions", epilog="example: streamscore models list --models-dir models",
+        formatter_class=_FORMAT,
+    )  # fmt: skip
+    console.add_models_dir(listing)
+    listing.set_defaults(models_handler=_list)
+
+    presets = "\n".join(f"  {name}: {preset.description}" for name, preset in PRESETS.items())
+    add = commands.add_parser(
+        "add", help="add an ONNX model as a new, checked version", formatter_class=_FORMAT,
+        description="Inspect an ONNX graph, build its manifest from a preprocessing preset (every field can be "
+        "overridden), write the version, then load it and score a warm-up image.\n\npresets:\n" + presets,
+        epilog="example: streamscore models add resnet18 resnet18.onnx --preset imagenet --labels labels.txt",
+    )  # fmt: skip
+    add.add_argument("model", metavar="NAME[:VERSION]", help="the model and version to add (default version: next)")
+    add.add_argument("onnx", type=Path, metavar="PATH.onnx")
+    add.add_argument("--preset", required=True, choices=sorted(PRESETS), help="preprocessing convention")
+    add.add_argument("--labels", type=Path, metavar="FILE", help="class names, one per line (default: class indices)")
+    add.add_argument("--task", choices=["classification", "embedding"], default="classification")
+    add.add_argument("--input", dest="input_name", help="the image input (default: the graph's one input)")
+    add.add_argument("--output", dest="output_name", help="the output to report (default: the first)")
+    add.add_argument("--layout", choices=["NCHW", "NHWC"], help="default: from the input's shape")
+    add.add_argument("--size", type=_size, metavar="HxW", help="input size, for graphs with a symbolic one")
+    add.add_argument("--color", choices=["RGB", "L"], help="default: from the input's channels")
+    add.add_argument("--resize-shorter", type=int, help="shorter side before the centre crop (default: preset)")
+    add.add_argument("--interpolation", choices=get_args(Interpolation), help="resize filter (default: preset)")
+    add.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="per-channel mean, pixel units 0-255")
+    add.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std, pixel units 0-255")
+    add.add_argument(
+        "--output-kind", choices=["logits", "probabilities"], help="default: probabilities after a Softmax"
+    )
+    add.add_argument("--l2-normalize", action="store_true", help="embeddings: scale each vector to unit length")
+    add.add_argument("--source", default="", help="where the model came from, for the manifest")
+    console.add_models_dir(add)
+    add.set_defaults(models_handler=_add)
+
+    quantize = commands.add_parser(
+        "quantize", help="write a static INT8 version of a model and report its speed and agreement",
+        formatter_class=_FORMAT,
+        description="Static QDQ quantization (per-channel weights) with ONNX Runtime, calibrated on images run "
+        "through the model's own preprocessing. Writes a new version, then scores the same images with both "
+        "versions in one run: size, images/s, top-1 agreement and top-5 hits.",
+        epilog="example: streamscore models quantize efficientnet-lite0:1 --calibration my_photos --images 200",
+    )  # fmt: skip
+    quantize.add_argument("model", metavar="NAME:VERSION", help="the fp32 version to quantize (default: latest)")
+    quantize.add_argument("--calibration", type=Path, action="append", metavar="DIR",
+                          help="images to calibrate on (repeatable; default: the bundled calibration images)")  # fmt: skip
+    quantize.add_argument("--images", type=int, default=None, help="calibration images to use (default: all found)")
+    quantize.add_argument("--evaluate", type=Path, action="append", metavar="DIR",
+                          help="held-out images to compare both versions on (default: the calibration images)")  # fmt: skip
+    quantize.add_argument("--version", dest="new_version", help="version to write (default: next)")
+    console.add_models_dir(quantize)
+    quantize.set_defaults(models_handler=_quantize)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.models_handler(args))
+
+
+def _list(args: argparse.Namespace) -> int:
+    from pipeline.models import ModelRepository
+
+    root = console.models_dir(args)
+    repository = ModelRepository(root)
+    names = repository.names()
+    if not names:
+        print(f"no models in {root}", file=sys.stderr)
+        return 1
+    print(f"models in {root}:")
+    for name in names:
+        print(f"  {name}: versions {', '.join(repository.versions(name))}")
+    return 0
+
+
+def _local_root(args: argparse.Namespace) -> Path:
+    root = console.models_dir(args)
+    if "://" in root:
+        raise ConfigError(f"models add and quantize write a local repository; {root} is a URI (copy the version there)")
+    return Path(root)
+
+
+def _add(args: argparse.Namespace) -> int:
+    from pipeline.model_add import AddRequest, add_model
+    from pipeline.model_ref import ModelRef
+
+    height, width = args.size if args.size else (None, None)
+    request = AddRequest(
+        preset=args.preset, task=args.task, input_name=args.input_name, output_name=args.output_name,
+        layout=args.layout, height=height, width=width, color=args.color, resize_shorter=args.resize_shorter,
+        interpolation=args.interpolation, mean=args.mean, std=args.std, output_kind=args.output_kind,
+        l2_normalize=args.l2_normalize, source=args.source,
+    )  # fmt: skip
+    root = _local_root(args)
+    model = add_model(root, ModelRef.parse(args.model), args.onnx, request, args.labels)
+    print(f"added {model.name}:{model.version} to {root}")
+    print(describe(model))
+    return 0
+
+
+def describe(model: object) -> str:
+    """The manifest in four lines, as a person checks it."""
+    from pipeline.models import ModelVersion
+
+    assert isinstance(model, ModelVersion)
+    m = model.manifest
+    i, p, o = m.input, m.preprocess, m.output
+    batch = f"batch fixed at {i.batch}" if i.batch else "dynamic batch"
+    answer = (
+        f"{o.width}-d embedding{' (L2-normalised)' if o.l2_normalize else ''}"
+        if m.task == "embedding"
+        else f"{len(model.labels)} classes ({o.kind})"
+    )
+    return "\n".join(
+        [
+            f"  input   {i.name!r}: {i.layout} {i.color} {i.height}x{i.width} float32, {batch}",
+            f"  resize  shorter side {p.resize_shorter} ({p.interpolation}), centre crop {i.height}x{i.width}",
+            f"  scale   (x - {list(p.mean)}) / {list(p.std)}",
+            f"  output  {o.name!r}: {answer}",
+        ]
+    )
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from pipeline.model_ref import ModelRef
+    from pipeline.quantize import quantize_model
+
+    root = _local_root(args)
+    ref = ModelRef.parse(args.model)
+    report = quantize_model(
+        root,
+        ref,
+        calibration=args.calibration or [default_calibration(root, ref)],
+        max_images=args.images,
+        evaluation=args.evaluate,
+        new_version=args.new_version,
+    )
+    print(report.render())
+    return 0
+
+
+DEMO_IMAGES = Path(__file__).resolve().parent / "demo_images"
+
+
+def default_calibration(root: Path, ref: object) -> Path:
+    """A version's own ``calibration/`` folder when it ships one (the digits model does), else the demo photos."""
+    from pipeline.model_ref import ModelRef
+    from pipeline.models import ModelRepository
+
+    assert isinstance(ref, ModelRef)
+    version = ModelRepository(str(root)).resolve_version(ref.name, ref.version)
+    own = root / ref.name / version / "calibration"
+    return own if own.is_dir() else DEMO_IMAGES
