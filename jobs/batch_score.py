@@ -3,8 +3,9 @@
     streamscore score INPUT OUTPUT --model NAME[:VERSION]
     ray job submit --working-dir . -- python jobs/batch_score.py INPUT OUTPUT --model NAME[:VERSION]
 
-Without a cluster address (``--address`` or ``RAY_ADDRESS``, which ``ray job submit`` sets) a local Ray
-instance is started for the run.
+Without a cluster address (``--address`` or ``RAY_ADDRESS``, which ``ray job submit`` sets), on a machine
+without a GPU, the graph runs in child processes of this command (``--executor local``: nothing to start);
+``--executor ray`` starts a local Ray instance for the run instead.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 if __package__ in (None, ""):  # run as a script (ray job submit): make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_error_budget(parser)
     add_scoring_options(parser)
     add_resource_arguments(parser)
+    add_executor_arguments(parser)
     parser.add_argument("--summary-json", help="also write the closing summary as JSON to this path")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--show", type=int, default=0, metavar="N", help="print the first N predictions when done")
@@ -95,6 +97,29 @@ def add_resource_arguments(parser: argparse.ArgumentParser) -> None:
     growth = f"(default: {POOL_GROWTH}x the start size)"
     tuning.add_argument("--max-preprocess-actors", type=int, help=f"how far the pool may grow as nodes join {growth}")
     tuning.add_argument("--max-inference-actors", type=int, help=f"how far the pool may grow as nodes join {growth}")
+
+
+def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--executor",
+        choices=["auto", "local", "ray"],
+        default="auto",
+        help="where the graph runs. local: child processes of this command, no Ray (nothing to start; one machine, "
+        "CPU). ray: Ray Data, on the cluster of --address or a local Ray. auto (default): ray with a cluster "
+        "address, a GPU on this machine or any resource setting below; local otherwise",
+    )
+    parser.add_argument("--processes", type=int, help="local executor: scoring processes (default: one per core)")
+
+
+def choose_executor(args: argparse.Namespace, overrides: ResourceOverrides) -> Literal["local", "ray"]:
+    """``--executor``, with ``auto`` resolved: Ray where a cluster, a GPU or Ray's resource settings are in play."""
+    if args.executor != "auto":
+        if args.executor == "local" and (args.address or os.environ.get("RAY_ADDRESS")):
+            raise ConfigError("--executor local runs on this machine; it cannot use a cluster address")
+        return "local" if args.executor == "local" else "ray"
+    cluster = args.address or os.environ.get("RAY_ADDRESS")
+    gpu = Path("/dev/nvidia0").exists()  # Ray would place inference there; the local executor is CPU only
+    return "ray" if cluster or gpu or overrides.model_dump(exclude_defaults=True) else "local"
 
 
 def resource_overrides(args: argparse.Namespace) -> ResourceOverrides:
@@ -175,21 +200,26 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     repository = ModelRepository(console.models_dir(args))
     graph = build_graph(ModelRef.parse(args.model), repository, options, read_files=isinstance(source, FileListing))
     check_output(args.output, args.overwrite)
+    if args.processes is not None and args.processes < 1:
+        raise ConfigError(f"--processes must be at least 1, got {args.processes}")
 
-    console.connect_ray(args.address)
-    plan = plan_resources(ray.cluster_resources(), overrides)
     progress = _Progress(source.table.num_rows if isinstance(source, FileListing) else None, not args.quiet)
+    publish = {
+        "overwrite": args.overwrite,
+        "max_error_fraction": args.max_error_fraction,
+        "on_progress": progress,
+        "started_at": started_at,
+    }
     try:
-        summary = run_batch(
-            graph,
-            source,
-            args.output,
-            plan,
-            overwrite=args.overwrite,
-            max_error_fraction=args.max_error_fraction,
-            on_progress=progress,
-            started_at=started_at,
-        )
+        if choose_executor(args, overrides) == "local":
+            from pipeline.local_scoring import run_locally
+
+            summary = run_locally(graph, source, args.output, args.processes, **publish)
+        else:
+            console.connect_ray(args.address)
+            summary = run_batch(
+                graph, source, args.output, plan_resources(ray.cluster_resources(), overrides), **publish
+            )
     except ErrorBudgetExceeded as exc:
         progress.close()
         _report(exc.summary, args)  # type: ignore[arg-type]  # the output is complete; say what is in it, then fail

@@ -29,8 +29,10 @@ from common.errors import ConfigError  # noqa: E402
 from jobs import console  # noqa: E402
 from jobs.batch_score import (  # noqa: E402
     add_error_budget,
+    add_executor_arguments,
     add_model_arguments,
     add_resource_arguments,
+    choose_executor,
     resource_overrides,
     source_of,
 )
@@ -39,10 +41,9 @@ from pipeline.fingerprints import FingerprintMode  # noqa: E402
 
 EXAMPLE = "example: streamscore nightly jobs/demo_images out/nightly.delta --model efficientnet-lite0"
 EXIT_IN_PROGRESS = 4
+
+
 # Measured on 2 cores: Ray's start-up (about 8 s) is worth it from about a thousand images on.
-LOCAL_MAX_ROWS = 500
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from pipeline.nightly import DEFAULT_SHARD_ROWS, RETRIED_REASONS
 
@@ -69,14 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(sorted(RETRIED_REASONS)),
         help="error reasons scored again on the next run, comma-separated (default: %(default)s)",
     )
-    parser.add_argument(
-        "--local-max-rows",
-        type=int,
-        default=LOCAL_MAX_ROWS,
-        help="without a cluster to join, a run with at most this many inputs to score does them in processes of "
-        "its own instead of starting Ray, which takes longer than a small night's work; 0: always Ray "
-        "(default: %(default)s)",
-    )
+    add_executor_arguments(parser)
     add_error_budget(parser)
     add_scoring_options(parser)
     add_resource_arguments(parser)
@@ -124,7 +118,8 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
         fingerprint=args.fingerprint,
         shard_rows=args.shard_rows,
         retried_reasons=retried,
-        local_max_rows=0 if (args.address or os.environ.get("RAY_ADDRESS")) else max(0, args.local_max_rows),
+        executor=choose_executor(args, overrides),
+        processes=args.processes,
     )
     try:
         reports = run_nightly(job)

@@ -1,75 +1,257 @@
-"""Small inputs scored in child processes of this one, without Ray: the nightly job's quick path.
+"""The local executor: the same operator graph in child processes of this one, without Ray.
 
-A night that finds a few hundred new images would otherwise wait for Ray to start (about 8 s on 2 cores)
-to do 3 s of work. Here the same operator graph runs in one child process per core (``spawn``: a clean
-interpreter, never a fork of a process holding threads), fed batches of rows. A child that dies (a row that
-kills its process: a segfault in a decoder, the OOM killer) ends this path with ``LocalScoringFailed``; the
-caller then scores what is left with Ray, whose isolation finds the row. Only on a machine of its own: with a
-cluster to join, the cluster does the work.
+Why: on one machine Ray's fixed cost (its start, Ray Data's own actors, worker imports, shutdown: about 8 s on
+2 cores) is most of what a user with a few thousand images waits for, and the work itself is at the machine
+limit either way (each core decodes and scores its own rows, as a fused Ray actor does). So ``score`` and
+``nightly`` without a cluster run here; with a cluster to join (``--address``), the cluster does the work.
+
+One ``spawn``-ed child per core (a clean interpreter, never a fork of a process holding threads), one ONNX
+Runtime thread each, one batch of rows in flight each: memory is bounded by the graph's per-row bounds times
+the number of children. Crash isolation is exact, because this process knows which batch each child holds:
+a child that dies (a segfault in a decoder, the out-of-memory killer) is replaced, its batch is split into
+single rows, and a row that kills a child on its own comes out as a ``worker_crashed`` error row naming the
+signal. Siblings are scored as usual; a block with k poison rows costs at most k + 1 deaths.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import itertools
+import logging
 import multiprocessing
 import os
+import signal
 import socket
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 
 from common.errors import StreamScoreError
 from operators._rows import object_array
+from operators.base import ERROR
+from operators.reasons import Reason
 from pipeline.graph import Graph, Stage
 from pipeline.output import predictions_table
+from pipeline.publish import publish_run
+from pipeline.run_summary import RunSummary
+from pipeline.sources import FileListing, Source
+
+logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 8
-# Where a row was scored, in the table's node columns, when no Ray node did it.
+# Where a row was scored, in the nightly table's node columns, when no Ray node did it.
 LOCAL_NODE = f"local:{socket.gethostname()}"
+_STOP_TIMEOUT_S = 5.0
 
 
 class LocalScoringFailed(StreamScoreError):
-    """A child process died; the rows it had not returned are for Ray to score."""
-
-
-_worker: dict[str, Any] = {}
-
-
-def _start_worker(graph: Graph) -> None:
-    _worker["stage"] = Stage(graph.preprocess, graph.inference)
-    _worker["model"] = graph.model
-
-
-def _score(ids: list[str], uris: list[str]) -> pa.Table:
-    out = predictions_table(_worker["stage"]({"id": object_array(ids), "uri": object_array(uris)}), _worker["model"])
-    node = pa.array([LOCAL_NODE] * out.num_rows, pa.string())
-    return out.append_column("node_id", node).append_column("decode_node_id", node)
+    """The scoring processes could not start (or a batch failed in a way no row explains)."""
 
 
 def local_processes() -> int:
+    """The cores this process may run on (its CPU affinity, as a container or ``taskset`` sets it)."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
-def score_locally(graph: Graph, rows: pa.Table, processes: int | None = None) -> Iterator[pa.Table]:
-    """Prediction tables for ``rows`` (``id``, ``uri``), as they finish; one ORT thread per process."""
+@dataclass(frozen=True)
+class _Task:
+    ids: list[str]
+    values: list[Any]  # uris, or encoded images
+    errors: list[str | None] | None = None  # rows already failed (a row that killed a child): scored as errors
+
+
+def _child(conn: Connection, graph: Graph, column: str, record_node: bool) -> None:
+    """A scoring process: build the stage once, then score batches until told to stop (or the parent is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends its children
+    with contextlib.suppress(BrokenPipeError, EOFError):  # the parent went away: nothing left to answer
+        _serve(conn, graph, column, record_node)
+
+
+def _serve(conn: Connection, graph: Graph, column: str, record_node: bool) -> None:
+    try:
+        stage = Stage(graph.preprocess, graph.inference)
+    except Exception as exc:  # noqa: BLE001 - whatever kept the stage from building is reported, not raised here
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while (task := _next_task(conn)) is not None:
+        try:
+            batch = {"id": object_array(task.ids), column: object_array(task.values)}
+            if task.errors is not None:
+                batch[ERROR] = object_array(task.errors)
+            table = predictions_table(stage(batch), graph.model)
+            if record_node:
+                node = pa.array([LOCAL_NODE] * table.num_rows, pa.string())
+                table = table.append_column("node_id", node).append_column("decode_node_id", node)
+        except Exception as exc:  # noqa: BLE001 - a batch that fails as a whole stops the run, with the reason
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+            continue
+        conn.send(("scored", table))
+
+
+def _next_task(conn: Connection) -> _Task | None:
+    """The next batch, or None: told to stop, or the parent is gone (its end of the pipe closed: a killed
+    driver leaves no scoring process behind once the batch in hand is done)."""
+    try:
+        task: _Task | None = conn.recv()
+        return task
+    except (EOFError, OSError):
+        return None
+
+
+class _Child:
+    def __init__(self, context: Any, graph: Graph, column: str, record_node: bool) -> None:
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(target=_child, args=(child_end, graph, column, record_node), daemon=True)
+        self.process.start()
+        child_end.close()
+        self.task: _Task | None = None
+        self.ready = False
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(None)
+        self.process.join(_STOP_TIMEOUT_S)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _death(child: _Child) -> str:
+    child.process.join()
+    code = child.process.exitcode
+    pid = child.process.pid
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        hint = ", e.g. by the out-of-memory killer" if name == "SIGKILL" else ""
+        return f"the scoring process (pid {pid}) died of {signal.strsignal(-code)} ({name}{hint}) on this row"
+    return f"the scoring process (pid {pid}) exited with status {code} on this row"
+
+
+def score_locally(
+    graph: Graph, rows: pa.Table | Iterable[pa.Table], processes: int | None = None, *, record_node: bool = False
+) -> Iterator[pa.Table]:
+    """Prediction tables for ``rows`` (``id`` plus ``uri`` or ``bytes``: one table, or batches of them read as
+    the children ask for work), as they finish; every row comes out."""
+    batches = iter(rows.to_batches(BATCH_ROWS) if isinstance(rows, pa.Table) else rows)
+    first = next(batches, None)
+    if first is None:
+        return
+    column = "uri" if "uri" in first.schema.names else "bytes"
+
+    def feed() -> Iterator[_Task]:
+        for batch in itertools.chain([first], batches):
+            ids, values = batch.column("id").to_pylist(), batch.column(column).to_pylist()
+            for i in range(0, len(ids), BATCH_ROWS):
+                yield _Task(ids[i : i + BATCH_ROWS], values[i : i + BATCH_ROWS])
+
+    fresh = feed()
+    tasks: collections.deque[_Task] = collections.deque()  # rows of a dead child, isolated: they go first
     graph = graph.on_device("cpu", 0, intra_op_threads=1, max_rows_per_call=4)
-    ids, uris = rows.column("id").to_pylist(), rows.column("uri").to_pylist()
-    workers = min(processes or local_processes(), -(-len(ids) // BATCH_ROWS))
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(graph,)) as pool:
-        pending: set[Future[pa.Table]] = {
-            pool.submit(_score, ids[i : i + BATCH_ROWS], uris[i : i + BATCH_ROWS])
-            for i in range(0, len(ids), BATCH_ROWS)
-        }
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            broken = [f for f in done if isinstance(f.exception(), BrokenProcessPool)]
-            for future in done:
-                if future not in broken:
-                    yield future.result()  # what did finish is kept, even in the round a process died
-            if broken:
-                for other in pending:
-                    other.cancel()
-                raise LocalScoringFailed(f"a scoring process died ({broken[0].exception()})")
+    children = [_Child(context, graph, column, record_node) for _ in range(processes or local_processes())]
+    started = time.perf_counter()
+    try:
+        while True:
+            for child in children:
+                if child.task is None and (task := tasks.popleft() if tasks else next(fresh, None)) is not None:
+                    child.task = task
+                    with contextlib.suppress(OSError):  # it died since its last answer: its sentinel says so
+                        child.conn.send(child.task)
+            if all(c.task is None for c in children):
+                return
+            busy = {c.conn: c for c in children if c.task is not None} | {
+                c.process.sentinel: c for c in children if c.task is not None
+            }
+            for handle in wait(list(busy)):
+                child = busy[handle]
+                if child.task is None:  # its pipe and its sentinel were both ready: handled already
+                    continue
+                message = _receive(child)
+                if message is None:  # it died: what it held is isolated, and another child takes its place
+                    children[children.index(child)] = _replace(child, tasks, context, graph, column, record_node)
+                    continue
+                kind, payload = message
+                if kind == "waiting":
+                    continue
+                if kind == "ready":
+                    child.ready = True
+                    logger.info("scoring process %d ready in %.1f s", payload, time.perf_counter() - started)
+                elif kind == "failed":
+                    raise LocalScoringFailed(f"local scoring failed: {payload}")
+                else:
+                    child.task = None
+                    yield payload
+    finally:
+        for child in children:
+            child.stop()
+
+
+def _receive(child: _Child) -> tuple[str, Any] | None:
+    """The child's next message; None when it died (its pipe closed, or its process ended with nothing sent)."""
+    try:
+        if child.conn.poll():
+            message: tuple[str, Any] = child.conn.recv()
+            return message
+    except (EOFError, OSError):
+        return None
+    return None if not child.process.is_alive() else ("waiting", None)
+
+
+def _replace(
+    dead: _Child, tasks: collections.deque[_Task], context: Any, graph: Graph, column: str, record_node: bool
+) -> _Child:
+    """Requeue what ``dead`` held (split into rows; a single row becomes an error row) and start another child."""
+    task, dead.task = dead.task, None  # its pipe and its sentinel may both report the death: handled once
+    assert task is not None
+    reason = _death(dead)
+    dead.conn.close()
+    if not dead.ready:
+        raise LocalScoringFailed(f"a scoring process died while starting: {reason.removesuffix(' on this row')}")
+    logger.warning("%s; isolating its %d rows", reason.removesuffix(" on this row"), len(task.ids))
+    if len(task.ids) > 1:
+        tasks.extendleft(reversed([_Task([i], [v]) for i, v in zip(task.ids, task.values, strict=True)]))
+    else:
+        tasks.appendleft(_Task(task.ids, task.values, [Reason.WORKER_CRASHED.row_error(reason)]))
+    return _Child(context, graph, column, record_node)
+
+
+def source_batches(source: Source) -> Iterator[pa.Table]:
+    """The rows of ``source`` for the children: ``(id, uri)`` of a listing, or ``(id, bytes)`` read from Parquet
+    a few rows at a time (memory bounded by what is in flight, not by the dataset)."""
+    if isinstance(source, FileListing):
+        yield from (pa.Table.from_batches([b]) for b in source.table.select(["id", "uri"]).to_batches(BATCH_ROWS))
+        return
+    dataset = pads.dataset(source.path, filesystem=source.filesystem, format="parquet")
+    wanted = None
+    if source.only_ids is not None:
+        wanted = pc.field(source.id_column).cast(pa.string()).isin(source.only_ids)
+    scanner = dataset.scanner(
+        columns=[source.id_column, source.bytes_column], filter=wanted, batch_size=BATCH_ROWS,
+        batch_readahead=1, fragment_readahead=1,
+    )  # fmt: skip
+    for batch in scanner.to_batches():
+        if batch.num_rows:
+            yield pa.table({"id": batch.column(0).cast(pa.string()), "bytes": batch.column(1)})
+
+
+def run_locally(
+    graph: Graph,
+    source: Source,
+    output_uri: str,
+    processes: int | None = None,
+    **publish: Any,
+) -> RunSummary:
+    """Score ``source`` into ``output_uri`` here, without Ray: the same graph, writer and summary as a Ray run
+    (``publish`` takes ``publish_run``'s options)."""
+    count = processes or local_processes()
+    plan = f"local: {count} scoring processes (decode + inference each, 1 ONNX Runtime thread), no Ray"
+    return publish_run(score_locally(graph, source_batches(source), count), source, output_uri, plan, **publish)

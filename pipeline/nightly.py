@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,7 +47,7 @@ from operators.reasons import Reason
 from pipeline.batch import scored_tables
 from pipeline.fingerprints import FingerprintMode, fingerprinted, frozen_set_digest
 from pipeline.graph import Graph
-from pipeline.local_scoring import LocalScoringFailed, score_locally
+from pipeline.local_scoring import score_locally, source_batches
 from pipeline.planner import ResourcePlan
 from pipeline.scored_table import RunTakenError, ScoredTable, claimant, table_schema
 from pipeline.shards import Shards, shard_path
@@ -83,9 +83,10 @@ class NightlyJob:
     fingerprint: FingerprintMode = "metadata"
     shard_rows: int = DEFAULT_SHARD_ROWS
     retried_reasons: frozenset[str] = RETRIED_REASONS
-    # A run with at most this many file inputs to score does them in child processes of its own, without
-    # starting Ray (``pipeline/local_scoring.py``); 0: always Ray. Only for a machine of its own.
-    local_max_rows: int = 0
+    # "local": score in child processes of this one, without Ray (``pipeline/local_scoring.py``); only for a
+    # machine of its own. "ray": Ray Data, on the cluster the caller connected to.
+    executor: Literal["local", "ray"] = "ray"
+    processes: int | None = None  # local: scoring processes (None: one per core)
 
 
 @dataclass
@@ -241,19 +242,15 @@ class _Runner:
         pending = shards.rows_of([i for i in range(shards.count) if i not in done])
         heartbeat = _Heartbeat(self.fs, posixpath.join(self._run_dir(run), "heartbeat"))
         try:
-            if pending.num_rows and self._locally(pending):
-                try:
-                    for table in score_locally(self.job.graph, pending.select(["id", "uri"])):
-                        self._take(table, shards, shard_dir, report)
-                except LocalScoringFailed as exc:
-                    logger.warning("%s: scoring the rest with Ray, which isolates such rows", exc)
+            if pending.num_rows and self.job.executor == "local":
+                local = score_locally(
+                    self.job.graph, source_batches(self._source_of(pending)), self.job.processes, record_node=True
+                )
+                for table in local:
+                    self._take(table, shards, shard_dir, report)
                 pending = pending.filter(pc.invert(pc.is_in(pending.column("id"), value_set=shards.arrived())))
             if pending.num_rows:
-                source = self.job.source
-                if isinstance(source, FileListing):
-                    source = FileListing(pending.select(["id", "uri"]))
-                else:
-                    source = dataclasses.replace(source, only_ids=pending.column("id").combine_chunks())
+                source = self._source_of(pending)
                 try:
                     for table in scored_tables(self.job.graph, source, self._plan(), record_node=True):
                         self._take(table, shards, shard_dir, report)
@@ -280,8 +277,11 @@ class _Runner:
         report.wall_s = time.perf_counter() - start
         return report
 
-    def _locally(self, pending: pa.Table) -> bool:
-        return isinstance(self.job.source, FileListing) and 0 < pending.num_rows <= self.job.local_max_rows
+    def _source_of(self, pending: pa.Table) -> FileListing | ParquetSource:
+        """The job's source, narrowed to the ``pending`` rows."""
+        if isinstance(self.job.source, FileListing):
+            return FileListing(pending.select(["id", "uri"]))
+        return dataclasses.replace(self.job.source, only_ids=pending.column("id").combine_chunks())
 
     def _take(self, table: pa.Table, shards: Shards, shard_dir: str, report: RunReport) -> None:
         """Gather scored rows; write the shards they complete."""

@@ -51,7 +51,7 @@ class RunSummary:
             f"errors: {self.error_rows}",
         ]
         lines += [f"  {reason}: {count}" for reason, count in sorted(self.errors_by_reason.items())]
-        lines.append(f"wall time: {self.wall_s:.1f} s (what you waited, Ray's start-up included)")
+        lines.append(f"wall time: {self.wall_s:.1f} s (what you waited, from the command's start: start-up included)")
         if self.first_predictions_s is not None:
             lines.append(f"first predictions after: {self.first_predictions_s:.1f} s")
         running = self.images_per_s_running

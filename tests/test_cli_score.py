@@ -66,14 +66,16 @@ def streamscore(tmp_path: Path) -> Iterator:
     shutil.rmtree(ray_tmpdir, ignore_errors=True)
 
 
-def test_score_demo_images(streamscore, tmp_path: Path) -> None:
+@pytest.mark.parametrize("executor", ["auto", "ray"])
+def test_score_demo_images(streamscore, tmp_path: Path, executor: str) -> None:
     """The README's first command, run outside the repository without --models-dir (the bundled models are
-    found): every demo photo scored, the broken one kept with its error, a summary; a clean log."""
+    found): every demo photo scored, the broken one kept with its error, a summary; a clean log. On this
+    machine (no cluster, no GPU) ``auto`` runs the local executor and never starts Ray; ``ray`` starts one."""
     out, summary_path = tmp_path / "out", tmp_path / "summary.json"
-    args = ("--model", MODEL, "--overwrite", "--summary-json", str(summary_path))
+    args = ("--model", MODEL, "--overwrite", "--summary-json", str(summary_path), "--executor", executor)
     run = streamscore("score", str(DEMO_IMAGES), str(out), *args, "--show", "5", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert len(run.ray_sessions) == 1  # proves the no-Ray checks below can see a Ray start
+    assert len(run.ray_sessions) == (1 if executor == "ray" else 0)  # the no-Ray checks below can see a Ray start
     # A clean run logs no ERROR line (Ray's core worker writes "[... E pid tid] file.cc:line") and, not on a
     # terminal, no colour codes. One is Ray's, once per run, documented in the README: its actors' arguments
     # sit in the object store while they may restart (ray-project/ray#53727), which Ray Data always does.
@@ -103,7 +105,8 @@ def test_score_demo_images(streamscore, tmp_path: Path) -> None:
     assert "rows: 5 (input rows: 5)" in lines
     assert "errors: 1" in lines and "  truncated: 1" in lines
     wall = next(line for line in lines if line.startswith("wall time: "))
-    assert "Ray's start-up included" in wall and summary["wall_s"] > summary["first_predictions_s"] > 0
+    assert "start-up included" in wall and summary["wall_s"] > summary["first_predictions_s"] > 0
+    assert summary["plan"].startswith("local: 2 scoring processes" if executor == "auto" else "fused"), summary
     assert any(line.startswith("images/s once running: ") for line in lines)
     assert any(line.startswith("coffee.jpg: espresso (") for line in lines)
     assert any(line.startswith("truncated.jpg: error: truncated") for line in lines)
@@ -189,14 +192,21 @@ def test_progress_line_counts_errors_in_words() -> None:
     assert progress_line(10, 0, None, 2.0).endswith("0 errors")
 
 
-def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path) -> None:
-    """SIGINT while the run is under way (Ray started): no traceback, one line saying so, exit 130."""
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path, executor: str) -> None:
+    """SIGINT while the run is under way (its scoring processes, or Ray, started): no traceback, one line
+    saying so, exit 130, and nothing it started lives on."""
     ray_tmpdir = short_tmp_dir("ss-int-")
-    run = _start_score(_coffees(tmp_path / "images", 200), tmp_path / "out", ray_tmpdir, capture=True)
+    run = _start_score(
+        _coffees(tmp_path / "images", 200), tmp_path / "out", ray_tmpdir, capture=True, executor=executor
+    )
     try:
-        wait_for(lambda: bool(ray_sessions(ray_tmpdir)) or run.poll() is not None, 120, 0.1)
+        if executor == "ray":
+            wait_for(lambda: bool(ray_sessions(ray_tmpdir)) or run.poll() is not None, 120, 0.1)
+        else:
+            wait_for(lambda: (tmp_path / "out" / "_staging").exists() or run.poll() is not None, 120, 0.05)
         assert run.poll() is None, run.communicate()
-        started = descendants(run.pid)  # the local Ray instance it is starting
+        started = descendants(run.pid)  # the local Ray instance it is starting, or its scoring processes
         run.send_signal(signal.SIGINT)
         stdout, stderr = run.communicate(timeout=60)  # within the 10 s grace, whatever the signal interrupted
         wait_for(lambda: not any(alive(pid) for pid in started), 30)  # and nothing it started lives on
@@ -209,20 +219,24 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path: Path) -> None:
     assert stderr.strip().splitlines()[-1] == "streamscore: interrupted; no output was published"
 
 
-def test_scoring_actors_killed_mid_run_lose_no_row_and_change_no_prediction(tmp_path: Path, photos) -> None:  # type: ignore[no-untyped-def]
-    """SIGKILL of both scoring actors' processes, one after the other (as the OOM killer would): Ray restarts
-    them and retries their blocks, and the run completes with every row exactly once, each prediction equal to
-    an undisturbed run of the same graph."""
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_scoring_actors_killed_mid_run_lose_no_row_and_change_no_prediction(
+    tmp_path: Path, photos, executor: str
+) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL of both scoring processes, one after the other (as the OOM killer would): Ray restarts its
+    actors and retries their blocks; the local executor starts new processes and scores the rows they held one
+    by one. The run completes with every row exactly once, each prediction equal to an undisturbed run."""
     ray_tmpdir = short_tmp_dir("ss-kill-")
     out, images = tmp_path / "out", tmp_path / "images"
     images.mkdir()
     names = sorted(photos)
     for i in range(600):
         Image.fromarray(photos[names[i % len(names)]]).save(images / f"{i}-{names[i % len(names)]}.jpg", quality=90)
-    run = _start_score(images, out, ray_tmpdir, capture=True)
+    run = _start_score(images, out, ray_tmpdir, capture=True, executor=executor)
 
     def scoring_actors() -> list[int]:
-        return [pid for pid in descendants(run.pid) if "MapWorker" in _cmdline(pid)]
+        marker = "MapWorker" if executor == "ray" else "multiprocessing.spawn"
+        return [pid for pid in descendants(run.pid) if marker in _cmdline(pid)]
 
     try:
         # Once the first predictions are written, the actors are mid-run.
@@ -269,22 +283,26 @@ def test_bad_settings_exit_2_in_one_line_before_ray_starts(streamscore, tmp_path
         assert "Traceback" not in run.stderr and run.ray_sessions == []
 
 
+@pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_killed_driver_leaves_nothing_a_reader_would_take_and_the_rerun_needs_no_overwrite(
-    streamscore, tmp_path: Path
+    streamscore, tmp_path: Path, executor: str
 ) -> None:
-    """SIGKILL of the `streamscore score` process mid-run (and of the local Ray it started): the folder shows
-    readers no rows; the same command then completes it, and refuses to replace it once complete."""
+    """SIGKILL of the `streamscore score` process mid-run (and of the local Ray it started; the local
+    executor's processes end on their own): the folder shows readers no rows; the same command then completes
+    it, and refuses to replace it once complete."""
     import pyarrow.dataset as pads
 
     ray_tmpdir = short_tmp_dir("ss-kdrv-")
     images, out = _coffees(tmp_path / "images", 400), tmp_path / "out"
-    run = _start_score(images, out, ray_tmpdir, capture=False)
+    run = _start_score(images, out, ray_tmpdir, capture=False, executor=executor)
     try:
         wait_for(lambda: (out / "_staging" / "part-00000.parquet").exists() or run.poll() is not None, 120, 0.05)
         assert run.poll() is None, "the run ended before it could be killed"
         started = descendants(run.pid)
         run.kill()
         run.wait(timeout=30)
+        if executor == "local":  # orphans finish the batch in hand, find the driver gone and exit
+            wait_for(lambda: not any(alive(pid) for pid in started), 30)
         for pid in filter(alive, started):  # its local Ray goes with it, as the OOM killer's victim's would not
             os.kill(pid, signal.SIGKILL)
     finally:
@@ -309,9 +327,20 @@ def _coffees(folder: Path, n: int) -> Path:
     return folder
 
 
-def _start_score(images: Path, out: Path, ray_tmpdir: Path, *, capture: bool) -> subprocess.Popen:
+def _start_score(images: Path, out: Path, ray_tmpdir: Path, *, capture: bool, executor: str) -> subprocess.Popen:
     """``streamscore score`` in the background, its Ray in ``ray_tmpdir``; its output piped or dropped."""
-    command = [sys.executable, "-m", "jobs.cli", "score", str(images), str(out), "--model", MODEL]
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "score",
+        str(images),
+        str(out),
+        "--model",
+        MODEL,
+        "--executor",
+        executor,
+    ]
     pipe = subprocess.PIPE if capture else subprocess.DEVNULL
     env = clean_env(RAY_TMPDIR=str(ray_tmpdir))
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=pipe, stderr=pipe, text=True)

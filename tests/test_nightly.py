@@ -214,7 +214,7 @@ def test_a_small_night_is_scored_without_ray_with_the_same_predictions(
     from pipeline.local_scoring import LOCAL_NODE
 
     images = _images(tmp_path / "images", digit_files, 24)
-    (local,) = _night(ray_cluster, str(images), tmp_path / "local.delta", local_max_rows=100)
+    (local,) = _night(ray_cluster, str(images), tmp_path / "local.delta", executor="local")
     assert local.outcome == "committed" and not local.planned  # type: ignore[attr-defined]
     (with_ray,) = _night(ray_cluster, str(images), tmp_path / "ray.delta")
     assert with_ray.planned  # type: ignore[attr-defined]
@@ -226,8 +226,10 @@ def test_a_small_night_is_scored_without_ray_with_the_same_predictions(
         assert row["score"] == pytest.approx(by_id[row["id"]]["score"], abs=1e-6)
 
 
-def test_a_row_that_kills_a_local_process_falls_back_to_ray(ray_cluster, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The quick path has no isolation of its own: when a child dies, Ray scores what is left, and finds the row."""
+def test_a_row_that_kills_a_local_process_is_an_error_row_and_ray_never_starts(
+    ray_cluster, digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The local executor isolates a row that kills its process itself (it knows which batch each child held)."""
     import numpy as np
     from PIL import Image
 
@@ -236,8 +238,8 @@ def test_a_row_that_kills_a_local_process_falls_back_to_ray(ray_cluster, digit_f
     images = _images(tmp_path / "images", digit_files, 16)
     Image.fromarray(np.full((32, 32), KILL_GREY, dtype=np.uint8)).save(images / "poison.png")
     repository = crashing_repository(tmp_path / "models")
-    (night,) = _night(ray_cluster, str(images), tmp_path / "t.delta", repository=repository, local_max_rows=100)
-    assert night.planned and night.errors_by_reason == {"worker_crashed": 1}  # type: ignore[attr-defined]
+    (night,) = _night(ray_cluster, str(images), tmp_path / "t.delta", repository=repository, executor="local")
+    assert not night.planned and night.errors_by_reason == {"worker_crashed": 1}  # type: ignore[attr-defined]
     rows = _rows(tmp_path / "t.delta").to_pylist()
     assert sorted(r["id"] for r in rows) == sorted(p.name for p in images.iterdir())
     assert sum(r["error"] is None for r in rows) == 16

@@ -1,0 +1,112 @@
+"""The local executor: the graph in child processes, no Ray; every row out, exact crash isolation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from pipeline.graph import build_graph
+from pipeline.local_scoring import LocalScoringFailed, run_locally, score_locally
+from pipeline.sources import detect_source
+from tests.bad_images import bad_inputs
+from tests.crash_operator import KILL_GREY, OOM_GREY, SEGFAULT_GREY, crashing_repository, memory_cgroup
+
+
+def _grey(path: Path, value: int) -> Path:
+    Image.fromarray(np.full((32, 32), value, dtype=np.uint8)).save(path)
+    return path
+
+
+def _folder(root: Path, digit_files, count: int) -> Path:  # type: ignore[no-untyped-def]
+    root.mkdir()
+    for path, _ in digit_files[:count]:
+        shutil.copy(path, root / path.name)
+    return root
+
+
+def test_every_row_comes_out_equal_to_the_in_process_graph(repository, digit_files, photos, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images = _folder(tmp_path / "images", digit_files, 30)
+    for name, (data, _) in bad_inputs(photos["coffee"]).items():
+        (images / name).write_bytes(data)
+    source = detect_source(str(images))
+    graph = build_graph("digits", repository, read_files=True)
+    summary = run_locally(graph, source, str(tmp_path / "out"), processes=2)
+    rows = {r["id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+    assert summary.rows == len(rows) == source.table.num_rows and summary.plan.startswith("local: 2 scoring")
+    assert (tmp_path / "out" / "_SUCCESS").exists()
+    ids = sorted(rows)
+    reference = build_graph("digits", repository).run([(images / i).read_bytes() for i in ids], ids)
+    for expected in reference.to_pylist():
+        got = rows[expected["id"]]
+        assert (got["label"], got["error"]) == (expected["label"], expected["error"])
+        assert got["score"] == pytest.approx(expected["score"], abs=1e-6) if got["score"] is not None else True
+
+
+def test_a_parquet_source_is_read_a_few_rows_at_a_time(repository, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    ids = [p.name for p, _ in digit_files[:20]]
+    pq.write_table(
+        pa.table({"id": ids, "image": [p.read_bytes() for p, _ in digit_files[:20]]}), tmp_path / "in.parquet",
+        row_group_size=7,
+    )  # fmt: skip
+    graph = build_graph("digits", repository)
+    summary = run_locally(graph, detect_source(str(tmp_path / "in.parquet")), str(tmp_path / "out"), processes=2)
+    table = pq.read_table(tmp_path / "out")
+    assert summary.rows == 20 and sorted(table.column("id").to_pylist()) == sorted(ids)
+    truth = {p.name: str(label) for p, label in digit_files[:20]}
+    assert sum(r["label"] == truth[r["id"]] for r in table.to_pylist()) >= 18
+
+
+def test_a_row_that_kills_its_process_is_an_error_row_and_its_batch_mates_are_scored(
+    repository, digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    images = _folder(tmp_path / "images", digit_files, 21)
+    _grey(images / "poison-sigkill.png", KILL_GREY)  # sorted among the digits: it shares a batch with some
+    _grey(images / "poison-segfault.png", SEGFAULT_GREY)
+    source = detect_source(str(images))
+    crashing = build_graph("digits", crashing_repository(tmp_path / "models"), read_files=True)
+    tables = list(score_locally(crashing, source.table.select(["id", "uri"]), processes=2))
+    rows = {r["id"]: r for t in tables for r in t.to_pylist()}
+    assert len(rows) == sum(t.num_rows for t in tables) == 23  # every row exactly once
+    assert "SIGKILL" in rows["poison-sigkill.png"]["error"] and rows["poison-sigkill.png"]["label"] is None
+    assert rows["poison-sigkill.png"]["error"].startswith("worker_crashed: the scoring process (pid ")
+    assert "Segmentation fault (SIGSEGV)" in rows["poison-segfault.png"]["error"]
+    plain = build_graph("digits", repository).run(
+        [(images / i).read_bytes() for i in rows if not i.startswith("poison")]
+    )
+    labels = [r["label"] for i, r in rows.items() if not i.startswith("poison")]
+    assert labels == plain.column("label").to_pylist() and all(labels)
+
+
+def test_a_row_that_runs_its_process_out_of_memory_is_an_error_row(digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A real kernel OOM kill (a 64 MiB cgroup-v1 limit, 1 GiB allocated on the marker image)."""
+    cgroup = memory_cgroup(f"streamscore-local-oom-{tmp_path.name}", 64 * 2**20)
+    if cgroup is None:
+        pytest.skip("this process may not make a memory cgroup (needs root and cgroup v1)")
+    try:
+        images = _folder(tmp_path / "images", digit_files, 10)
+        _grey(images / "poison-oom.png", OOM_GREY)
+        crashing = build_graph("digits", crashing_repository(tmp_path / "models", oom_cgroup=cgroup), read_files=True)
+        summary = run_locally(crashing, detect_source(str(images)), str(tmp_path / "out"), processes=1)
+        rows = {r["id"]: r for r in pq.read_table(tmp_path / "out").to_pylist()}
+        assert summary.rows == 11 and summary.errors_by_reason == {"worker_crashed": 1}
+        assert "SIGKILL" in rows["poison-oom.png"]["error"] and int((cgroup / "memory.failcnt").read_text()) > 0
+    finally:
+        cgroup.rmdir()
+
+
+def test_processes_that_cannot_start_fail_the_run_with_the_reason(repository, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    shutil.copytree(repository.root + "/digits", tmp_path / "models" / "digits")
+    from pipeline.models import ModelRepository
+
+    graph = build_graph("digits", ModelRepository(str(tmp_path / "models")), read_files=True)
+    (tmp_path / "models" / "digits" / "1" / "model.onnx").write_bytes(b"replaced after the graph was built")
+    images = _folder(tmp_path / "images", digit_files, 4)
+    with pytest.raises(LocalScoringFailed, match="could not load"):
+        run_locally(graph, detect_source(str(images)), str(tmp_path / "out"), processes=1)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
