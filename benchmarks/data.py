@@ -67,8 +67,9 @@ def _make_image(seed: int, index: int) -> tuple[np.ndarray, int]:
     return image, quality
 
 
-def make_benchmark_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """Write ``n`` ImageNet-sized JPEGs into ``folder`` (keeping any already there) and return their paths.
+def make_benchmark_images(folder: Path, n: int, seed: int = 0, first: int = 0) -> list[Path]:
+    """Write ``n`` ImageNet-sized JPEGs into ``folder`` (keeping any already there) and return their paths;
+    ``first``: only images from that index on are written (so several processes can each write a range).
 
     Files are ``img_000000.jpg`` ... in order; each is written to a temporary name and renamed, so an
     interrupted run never leaves a truncated JPEG that a later run would mistake for a finished one.
@@ -79,7 +80,7 @@ def make_benchmark_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"img_{i:06d}.jpg" for i in range(n)]
     for index, path in enumerate(paths):
-        if path.exists():
+        if index < first or path.exists():
             continue
         pixels, quality = _make_image(seed, index)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

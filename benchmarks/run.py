@@ -91,7 +91,7 @@ def run_benchmark(cfg: dict[str, Any], only: list[str], repeat: int, timeout_s: 
     drift of the machine during the run touches them all alike; medians reported."""
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in only}
-    variants: dict[str, list[dict[str, Any]]] = {"threads": [], "processes": []}
+    variants: dict[str, list[dict[str, Any]]] = {"threads": [], "processes": [], "processes_rows1": []}
     for round_ in range(repeat):
         for name in only:
             print(f"running {name} (round {round_ + 1} of {repeat}) ...", file=sys.stderr, flush=True)
@@ -257,9 +257,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         report = run_benchmark(cfg, only, max(1, args.repeat), args.timeout_s)
         print(_table(report))
+    report["command"] = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+        if not args.serving:
+            from benchmarks.report import write_report
+
+            for path in write_report(args.json, args.json.parent, report["command"]):
+                print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,12 @@ def choose_executor(args: argparse.Namespace, overrides: ResourceOverrides) -> L
         return "local" if args.executor == "local" else "ray"
     cluster = args.address or os.environ.get("RAY_ADDRESS")
     gpu = Path("/dev/nvidia0").exists()  # Ray would place inference there; the local executor is CPU only
-    return "ray" if cluster or gpu or overrides.model_dump(exclude_defaults=True) else "local"
+    ray_only = overrides.model_dump(exclude_defaults=True).keys() - LOCAL_OVERRIDES
+    return "ray" if cluster or gpu or ray_only else "local"
+
+
+# Resource settings the local executor honours too; any other one asks for Ray (auto).
+LOCAL_OVERRIDES = {"rows_per_ort_call"}
 
 
 def resource_overrides(args: argparse.Namespace) -> ResourceOverrides:
@@ -182,9 +187,6 @@ def _show(output: str, limit: int) -> None:
 
 
 def run(args: argparse.Namespace, started_at: float | None = None) -> int:
-    import ray
-
-    from pipeline.batch import run_batch
     from pipeline.graph import build_graph
     from pipeline.model_ref import ModelRef
     from pipeline.models import ModelRepository
@@ -214,8 +216,12 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
         if choose_executor(args, overrides) == "local":
             from pipeline.local_scoring import run_locally
 
-            summary = run_locally(graph, source, args.output, args.processes, **publish)
+            summary = run_locally(graph, source, args.output, args.processes, overrides.rows_per_ort_call, **publish)
         else:
+            import ray  # only here: the local executor never imports Ray (about 1 s of a small run)
+
+            from pipeline.batch import run_batch
+
             console.connect_ray(args.address)
             summary = run_batch(
                 graph, source, args.output, plan_resources(ray.cluster_resources(), overrides), **publish

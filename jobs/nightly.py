@@ -79,8 +79,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, started_at: float | None = None) -> int:
-    import ray
-
     from operators.reasons import Reason
     from pipeline.graph import build_graph
     from pipeline.model_ref import ModelRef
@@ -106,6 +104,8 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     graph = build_graph(ref, repository, options, read_files=isinstance(source, FileListing))
 
     def planner() -> ResourcePlan:
+        import ray  # only when a run scores with Ray: the local executor and "nothing new" never import it
+
         console.connect_ray(args.address)
         return plan_resources(ray.cluster_resources(), overrides)
 

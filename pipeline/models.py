@@ -127,7 +127,10 @@ class ModelRepository:
             text = self._read_text(join(folder, manifest.labels_file))
             labels = tuple(line.strip() for line in text.splitlines() if line.strip())
         model_path = join(folder, MODEL_FILE)
-        model = ModelVersion(manifest, labels, self._uri_root + model_path[len(self._root_path) :])
+        local = "://" not in self.root  # a local folder's path is its URI; a remote one keeps its scheme
+        model = ModelVersion(
+            manifest, labels, model_path if local else self._uri_root + model_path[len(self._root_path) :]
+        )
         if check_graph:
             check_model_matches_manifest(model)
         logger.info("loaded model %s:%s in %.1f ms", name, version, (time.perf_counter() - start) * 1e3)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from common.errors import ConfigError, InputError
@@ -118,6 +117,8 @@ def _listing(rows: list[tuple[str, str, int | None, int | None]], empty_message:
 
 def parquet_source(uri: str, id_column: str = "id", bytes_column: str = "image") -> ParquetSource:
     """Check (from the schema only) that the Parquet dataset has the id and bytes columns."""
+    import pyarrow.dataset as pads  # here, not at the top: it imports pandas (0.2 s a command need not wait)
+
     fs, path = resolve(uri)
     try:
         schema = pads.dataset(path, filesystem=fs, format="parquet").schema

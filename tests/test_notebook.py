@@ -1,7 +1,7 @@
-"""The walkthrough notebook runs end to end, in a real Jupyter kernel, from the notebooks/ folder.
+"""Every notebook runs end to end, in a real Jupyter kernel, from the notebooks/ folder; a cell error fails.
 
+Each notebook must also show what it promises: printed results, and pictures (PNG outputs) where it draws.
 Skipped where nbclient or ipykernel is not installed: they are for notebook users, not dependencies.
-The notebook starts its own 2-CPU Ray instance in the kernel process and writes to out/walkthrough.
 """
 
 from __future__ import annotations
@@ -14,28 +14,37 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "walkthrough.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+# notebook -> (text its cells must print, PNG pictures it must draw at least)
+EXPECTED = {
+    "walkthrough.ipynb": (["espresso", "rows: 5 (input rows: 5)", "truncated: 1"], 0),
+    "01_quickstart.ipynb": (["rows: 5 (input rows: 5)", "coffee.jpg      espresso", "in-process and batch agree"], 1),
+    "02_serving.ipynb": (["espresso", "'ready': True", "{'1': ", "'2': "], 1),
+    "03_performance.ipynb": (["machine limit"], 2),
+    "04_embeddings.ipynb": (["(16, 1280)", "chelsea (crop)"], 1),
+}
+
+
+def test_every_notebook_is_checked() -> None:
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
 
 
 @pytest.mark.slow
-def test_walkthrough_notebook_runs() -> None:
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs_and_shows_its_results(name: str) -> None:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
         notebook,
-        timeout=60,  # per cell; the whole notebook takes 10-25 s on 2 cores
+        timeout=180,  # per cell; the serving notebook's start of Ray and the app takes the longest
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parent)}},  # its paths are relative to notebooks/
+        resources={"metadata": {"path": str(NOTEBOOKS)}},  # their paths are relative to notebooks/
     )
     client.execute()  # raises CellExecutionError, with the cell and traceback, if any cell fails
-
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
     printed = "".join(
-        output.get("text", "")
-        for cell in notebook.cells
-        for output in cell.get("outputs", [])
-        if output.get("output_type") == "stream" and output.get("name") == "stdout"
+        "".join(o.get("text", "")) for o in outputs if o.get("output_type") == "stream" and o.get("name") == "stdout"
     )
-    # The in-process run and the batch job (which the notebook checks agree) both scored the demo photos,
-    # and the broken JPEG came out as an error row.
-    assert "espresso" in printed
-    assert "rows: 5 (input rows: 5)" in printed
-    assert "truncated: 1" in printed
+    texts, pictures = EXPECTED[name]
+    for text in texts:
+        assert text in printed, (text, printed[-2000:])
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= pictures

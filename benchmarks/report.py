@@ -1,0 +1,117 @@
+"""A benchmark report as people read it: a markdown table and PNG plots, from the JSON a run wrote.
+
+    python -m benchmarks.report bench/efficientnet-lite0-2000.json --out docs/benchmarks
+
+Plots (matplotlib, the ``bench`` extra): images/s of every scenario, end to end (what a user waits, start-up
+included) beside once running, against the machine limit; and the peak memory of each scenario's process tree.
+``docs/performance.md`` includes the tables; ``notebooks/03_performance.ipynb`` draws the same plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+LABELS = {
+    "plain_loop": "plain loop (Pillow + ORT, 1 process)",
+    "ray_data_textbook": "Ray Data textbook recipe",
+    "daft": "Daft, native runner",
+    "preprocess_only": "preprocess only (all cores)",
+    "inference_only": "inference only (all cores)",
+    "streamscore": "streamscore score",
+    "streamscore_ray": "streamscore score --executor ray",
+}
+
+
+def _scored(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The scenarios that score end to end (not the two stage-alone measurements that give the limit)."""
+    return [r for r in report["results"] if r["name"] not in ("preprocess_only", "inference_only") and "error" not in r]
+
+
+def markdown_table(report: dict[str, Any], command: str) -> str:
+    limit = report.get("machine_limit_images_per_s")
+    lines = [
+        f"{report['model']}, {report['images']} images ({report['input_format']}), {report['cpu_count']} CPUs, "
+        f"machine limit {limit:.1f} images/s"
+        if limit
+        else f"{report['model']}, {report['images']} images",
+        "",
+        "| scenario | wall s (what a user waits) | images/s end to end | x limit | images/s once running | peak memory MB (tree PSS) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        if "error" in r:
+            lines.append(f"| {LABELS.get(r['name'], r['name'])} | error: {r['error'][:80]} | | | | |")
+            continue
+        end_to_end = r.get("end_to_end_images_per_s")
+        running = r.get("steady_images_per_s") or r.get("images_per_s")
+        ratio = f"{end_to_end / limit:.2f}" if limit and end_to_end else "-"
+        lines.append(
+            f"| {LABELS.get(r['name'], r['name'])} | {r.get('wall_s', 0):.1f} | {end_to_end or 0:.1f} | {ratio} | "
+            f"{running or 0:.1f} | {r.get('peak_pss_mb', 0):.0f} |"
+        )
+    lines += ["", f"Command: `{command}`"]
+    return "\n".join(lines)
+
+
+def plot_throughput(report: dict[str, Any], axis: Any) -> None:
+    """Images/s end to end and once running, per scenario, with the machine limit as a line."""
+    rows = _scored(report)
+    names = [LABELS.get(r["name"], r["name"]) for r in rows]
+    positions = range(len(rows))
+    end_to_end = [r.get("end_to_end_images_per_s") or 0 for r in rows]
+    running = [r.get("steady_images_per_s") or r.get("images_per_s") or 0 for r in rows]
+    axis.barh([p + 0.2 for p in positions], end_to_end, height=0.4, label="end to end (start-up included)")
+    axis.barh([p - 0.2 for p in positions], running, height=0.4, label="once running")
+    if limit := report.get("machine_limit_images_per_s"):
+        axis.axvline(limit, color="black", linestyle="--", label=f"machine limit {limit:.0f}")
+    axis.set_yticks(list(positions), names)
+    axis.set_xlabel("images/s")
+    axis.set_title(f"{report['model']}, {report['images']} images, {report['cpu_count']} CPUs")
+    axis.legend(loc="lower right", fontsize=8)
+
+
+def plot_memory(report: dict[str, Any], axis: Any) -> None:
+    rows = _scored(report)
+    axis.barh([LABELS.get(r["name"], r["name"]) for r in rows], [r.get("peak_pss_mb") or 0 for r in rows])
+    axis.set_xlabel("peak memory of the process tree, MB (PSS)")
+    axis.set_title("memory")
+
+
+def write_report(report_path: Path, out_dir: Path, command: str) -> list[Path]:
+    """``<stem>.md`` and ``<stem>.png`` beside each other in ``out_dir``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    report = json.loads(report_path.read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / f"{report_path.stem}.md"
+    table.write_text(markdown_table(report, command) + "\n", encoding="utf-8")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.6 * len(_scored(report)) + 2), width_ratios=(3, 2))
+    plot_throughput(report, left)
+    plot_memory(report, right)
+    right.set_yticks([])
+    figure.tight_layout()
+    picture = out_dir / f"{report_path.stem}.png"
+    figure.savefig(picture, dpi=110)
+    plt.close(figure)
+    return [table, picture]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", type=Path, help="a JSON report written by python -m benchmarks --json")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--command", default="", help="the command that produced the report, for the table")
+    args = parser.parse_args(argv)
+    command = args.command or json.loads(args.report.read_text()).get("command", "")
+    for path in write_report(args.report, args.out, command):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
