@@ -244,9 +244,10 @@ def test_scoring_actors_killed_mid_run_lose_no_row_and_change_no_prediction(
         victims = scoring_actors()
         assert run.poll() is None and len(victims) == 2, "the run ended before its actors could be killed"
         os.kill(victims[0], signal.SIGKILL)
-        wait_for(lambda: bool(set(scoring_actors()) - set(victims)) or run.poll() is not None, 60, 0.05)
-        assert run.poll() is None, "the run ended before the second kill"
-        os.kill(victims[1], signal.SIGKILL)
+        if executor == "ray":  # Ray restarts its actor in seconds; the local executor's run may end first
+            wait_for(lambda: bool(set(scoring_actors()) - set(victims)) or run.poll() is not None, 60, 0.05)
+            assert run.poll() is None, "the run ended before the second kill"
+        os.kill(victims[1], signal.SIGKILL)  # the local executor: both children at once
         stdout, stderr = run.communicate(timeout=300)
     finally:
         if run.poll() is None:
