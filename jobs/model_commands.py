@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from common.errors import ConfigError
 from jobs import console
 from operators.resize import Interpolation
+
+if TYPE_CHECKING:
+    from pipeline.model_ref import ModelRef
+    from pipeline.models import ModelVersion
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
 
@@ -137,11 +141,8 @@ def _add(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(model: object) -> str:
+def describe(model: ModelVersion) -> str:
     """The manifest in four lines, as a person checks it."""
-    from pipeline.models import ModelVersion
-
-    assert isinstance(model, ModelVersion)
     m = model.manifest
     i, p, o = m.input, m.preprocess, m.output
     batch = f"batch fixed at {i.batch}" if i.batch else "dynamic batch"
@@ -181,12 +182,10 @@ def _quantize(args: argparse.Namespace) -> int:
 DEMO_IMAGES = Path(__file__).resolve().parent / "demo_images"
 
 
-def default_calibration(root: Path, ref: object) -> Path:
+def default_calibration(root: Path, ref: ModelRef) -> Path:
     """A version's own ``calibration/`` folder when it ships one (the digits model does), else the demo photos."""
-    from pipeline.model_ref import ModelRef
     from pipeline.models import ModelRepository
 
-    assert isinstance(ref, ModelRef)
     version = ModelRepository(str(root)).resolve_version(ref.name, ref.version)
     own = root / ref.name / version / "calibration"
     return own if own.is_dir() else DEMO_IMAGES

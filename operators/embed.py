@@ -32,8 +32,7 @@ class Embed(Operator):
     params: EmbedParams
 
     def __call__(self, batch: Batch) -> Batch:
-        output = batch["output"].astype(np.float32, copy=False)
-        vectors = output.reshape(len(output), int(np.prod(output.shape[1:])))  # pooled (N, K, 1, 1) -> (N, K)
+        vectors = batch["output"].astype(np.float32, copy=False)  # (N, K): infer flattens pooled outputs
         embedding = np.full(vectors.shape, np.nan, dtype=np.float32)
         ok = ok_mask(batch)
         if ok.any():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -84,14 +84,21 @@ def _show(shape: tuple[int | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def external_data_files(onnx_path: Path) -> tuple[str, ...]:
-    """The external-data files ``onnx_path`` names, each checked to stay inside its folder."""
+def _load_without_external_data(onnx_path: Path) -> Any:
     import onnx
 
     try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        return onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types for a file that is not ONNX
         raise ModelLoadError(f"{onnx_path} is not an ONNX model: {exc}") from exc
+
+
+def external_data_files(onnx_path: Path, model: Any = None) -> tuple[str, ...]:
+    """The external-data files ``onnx_path`` names, each checked to stay inside its folder (``model``: the file
+    already parsed, without its external data)."""
+    import onnx
+
+    model = model if model is not None else _load_without_external_data(onnx_path)
     folder = onnx_path.parent.resolve()
     files: set[str] = set()
     tensors = list(model.graph.initializer)
@@ -135,10 +142,10 @@ def _inside(folder: Path, location: str, tensor: str) -> str:
 
 def inspect_graph(onnx_path: Path) -> GraphSignature:
     """The graph's one image input and its outputs, after its external data is checked (before ORT reads it)."""
-    import onnx
     import onnxruntime as ort
 
-    external = external_data_files(onnx_path)
+    parsed = _load_without_external_data(onnx_path)
+    external = external_data_files(onnx_path, parsed)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
@@ -158,8 +165,7 @@ def inspect_graph(onnx_path: Path) -> GraphSignature:
         )
     if given.type != _FLOAT:
         raise ModelLoadError(f"input {given.name!r} is {given.type}; StreamScore feeds float32 (tensor(float))")
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    softmax_outputs = {name for node in graph.node if node.op_type == "Softmax" for name in node.output}
+    softmax_outputs = {name for node in parsed.graph.node if node.op_type == "Softmax" for name in node.output}
     outputs = tuple(
         GraphOutput(
             name=o.name,
