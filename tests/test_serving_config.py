@@ -46,15 +46,17 @@ def test_layout_is_settled_from_the_cluster_and_what_the_user_set_wins() -> None
 
     def settled(resources: dict[str, float], **settings: Any) -> tuple:
         c = ServeConfig(models_dir="models", **settings).for_cluster(resources)
-        return c.topology, c.scorer_gpus, c.replicas, c.scorer_replicas
+        return c.topology, c.scorer_gpus, c.replicas, c.scorer_replicas, c.max_batch_size
 
-    assert settled({"CPU": 2.0}) == ("fused", 0.0, 2, None)  # one replica per CPU, as batch actors
-    assert settled({"CPU": 16.0, "GPU": 2.0}) == ("split", 1.0, 15, 2)  # a scorer per GPU, gateways on the rest
-    assert settled({"CPU": 8.0, "GPU": 1.0}, scorer_gpus=0.5) == ("split", 0.5, 7, 2)
-    assert settled({"CPU": 8.0, "GPU": 1.0}, scorer_gpus=0) == ("fused", 0, 8, None)  # GPUs left alone
-    assert settled({"CPU": 8.0}, topology="split", replicas=3) == ("split", 0.0, 3, 1)
-    assert settled({"CPU": 8.0}, preprocess_cpus=1, scorer_cpus=1) == ("fused", 0.0, 4, None)
-    assert settled({"CPU": 8.0}, scorer_replicas=2) == ("split", 0.0, 7, 2)  # a scorer sized apart: split
+    # Fused on CPUs: one replica per CPU, as batch actors, each request scored where it was decoded (no batches).
+    assert settled({"CPU": 2.0}) == ("fused", 0.0, 2, None, 1)
+    assert settled({"CPU": 2.0}, max_batch_size=8) == ("fused", 0.0, 2, None, 8)
+    assert settled({"CPU": 16.0, "GPU": 2.0}) == ("split", 1.0, 15, 2, 16)  # a scorer per GPU, gateways on the rest
+    assert settled({"CPU": 8.0, "GPU": 1.0}, scorer_gpus=0.5) == ("split", 0.5, 7, 2, 16)
+    assert settled({"CPU": 8.0, "GPU": 1.0}, scorer_gpus=0) == ("fused", 0, 8, None, 1)  # GPUs left alone
+    assert settled({"CPU": 8.0}, topology="split", replicas=3) == ("split", 0.0, 3, 1, 16)
+    assert settled({"CPU": 8.0}, preprocess_cpus=1, scorer_cpus=1) == ("fused", 0.0, 4, None, 1)
+    assert settled({"CPU": 8.0}, scorer_replicas=2) == ("split", 0.0, 7, 2, 16)  # a scorer sized apart: split
     with pytest.raises(ConfigError, match="split topology"):
         ServeConfig(models_dir="models", topology="fused", scorer_autoscaling={"min_replicas": 1, "max_replicas": 4})
 

@@ -51,7 +51,8 @@ def build_app(config: ServeConfig) -> Any:
         )
     control = ControlPlane.bind(routing)  # type: ignore[attr-defined]
     hub = MetricsHub.bind()  # type: ignore[attr-defined]
-    gateway = Gateway.options(**limits, **scaling(config.preprocess_autoscaling, config.replicas))  # type: ignore[attr-defined]
+    logging = {"logging_config": {"enable_access_log": config.access_log}}
+    gateway = Gateway.options(**limits, **logging, **scaling(config.preprocess_autoscaling, config.replicas))  # type: ignore[attr-defined]
     if config.topology == "fused":  # the gateway scores in its own replica
         resources = {"num_cpus": config.preprocess_cpus + config.scorer_cpus, "num_gpus": config.scorer_gpus}
         return gateway.options(ray_actor_options=resources).bind(config, None, control, hub, warm)

@@ -1,13 +1,17 @@
 """The control plane: routing policies and version states that the admin API changes while the app runs.
 
-One small replica holds the truth; gateways read it at most ``STATE_REFRESH_S`` old (and at once after their
-own admin calls), so a change reaches every gateway replica within that time. A version is routable unless it
-failed its check or was retired; a routing change naming one that is not routable is refused, so a bad
-version never takes traffic and the previous routing stays.
+One small replica holds the truth. Each gateway replica keeps a call to ``changed_since`` waiting there, which
+is answered the moment something changes (or after ``WATCH_TIMEOUT_S`` with nothing new), so a change reaches
+every gateway at once and an app with no changes makes no calls; a gateway also reads it at once after its own
+admin calls. A version is routable unless it failed its check or was retired; a routing change naming one that
+is not routable is refused, so a bad version never takes traffic and the previous routing stays.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,7 +21,9 @@ from common.errors import ConfigError
 from pipeline.model_ref import ModelRef
 from pipeline.serving.routing import RoutingPolicy
 
-STATE_REFRESH_S = 0.5
+# A waiting ``changed_since`` call is answered after this long even when nothing changed: how soon a gateway
+# notices that its call was lost (the control plane replaced) and makes another.
+WATCH_TIMEOUT_S = 10.0
 
 
 class VersionState(BaseModel):
@@ -41,6 +47,7 @@ class ControlSnapshot(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    epoch: str = ""  # the control plane replica that made it: revisions count from 0 again in a new one
     revision: int = 0
     routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
     states: dict[ModelRef, VersionState] = Field(default_factory=dict)
@@ -52,19 +59,34 @@ class ControlSnapshot(BaseModel):
         """Version -> state, for the versions of ``name`` that have one."""
         return {ref.version: s for ref, s in self.states.items() if ref.name == name and ref.version}
 
+    def is_newer_than(self, other: ControlSnapshot) -> bool:
+        """Whether a gateway holding ``other`` should take this one: a later revision, or another epoch."""
+        return self.epoch != other.epoch or self.revision > other.revision
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})
+
+# Every gateway replica keeps one ``changed_since`` call waiting here: room for that many, and admin calls.
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
 class ControlPlane:
+    # Methods are coroutines so that they all run on the replica's event loop, where the event lives.
     def __init__(self, routing: dict[str, RoutingPolicy]) -> None:
-        self._snapshot = ControlSnapshot(routing=dict(routing))
+        self._snapshot = ControlSnapshot(epoch=uuid.uuid4().hex, routing=dict(routing))
+        self._changed = asyncio.Event()  # set, then replaced, at each change
 
-    def snapshot(self) -> ControlSnapshot:
+    async def snapshot(self) -> ControlSnapshot:
         return self._snapshot
 
-    def set_state(self, ref: ModelRef, state: VersionState) -> int:
+    async def changed_since(self, epoch: str, revision: int, timeout_s: float = WATCH_TIMEOUT_S) -> ControlSnapshot:
+        """The snapshot once it is not ``(epoch, revision)`` any more: at once if it is not now, else when it
+        changes, or as it is after ``timeout_s``."""
+        if (self._snapshot.epoch, self._snapshot.revision) == (epoch, revision):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout_s)
+        return self._snapshot
+
+    async def set_state(self, ref: ModelRef, state: VersionState) -> int:
         return self._update(states={**self._snapshot.states, ref: state})
 
-    def set_routing(self, name: str, policy: RoutingPolicy) -> int:
+    async def set_routing(self, name: str, policy: RoutingPolicy) -> int:
         blocked = {
             v: s.state
             for v in sorted(policy.versions())
@@ -74,14 +96,16 @@ class ControlPlane:
             raise ConfigError(f"routing for {name!r} names versions that cannot take traffic: {blocked}")
         return self._update(routing={**self._snapshot.routing, name: policy})
 
-    def retire(self, ref: ModelRef) -> int:
+    async def retire(self, ref: ModelRef) -> int:
         policy = self._snapshot.routing.get(ref.name)
         if policy is not None and ref.version in policy.versions():
             raise ConfigError(
                 f"routing for {ref.name!r} still sends traffic to version {ref.version!r}; change it first"
             )
-        return self.set_state(ref, VersionState(state="retired"))
+        return self._update(states={**self._snapshot.states, ref: VersionState(state="retired")})
 
     def _update(self, **changes: object) -> int:
         self._snapshot = self._snapshot.model_copy(update={**changes, "revision": self._snapshot.revision + 1})
+        self._changed.set()  # wakes every waiting changed_since
+        self._changed = asyncio.Event()
         return self._snapshot.revision

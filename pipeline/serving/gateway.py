@@ -32,13 +32,13 @@ from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository
 from pipeline.serving import v2
 from pipeline.serving.config import ServeConfig
-from pipeline.serving.control import STATE_REFRESH_S, ControlSnapshot, VersionState
+from pipeline.serving.control import WATCH_TIMEOUT_S, ControlSnapshot, VersionState
 from pipeline.serving.http_body import BodyReader, HttpError, request_timeout_s
 from pipeline.serving.metrics import PUSH_INTERVAL_S, GatewayMetrics
 from pipeline.serving.poison import PoisonMemory
 from pipeline.serving.request_limits import check_request_images
 from pipeline.serving.routing import RoutingPolicy
-from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, RemoteScorer, ScorerClient
+from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, RemoteScorer, Scored, ScorerClient
 
 logger = logging.getLogger(__name__)
 # No /docs, /redoc or /openapi.json: the API is the V2 protocol and /predict, documented in the README.
@@ -72,7 +72,13 @@ class Gateway:
         self._poison = PoisonMemory.for_config(config)
         # Its own bounded pool (not asyncio's default, sized by the machine's cores): what bounds decode memory.
         self._decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="streamscore-decode")
-        self._scorer: ScorerClient = LocalScorer(ModelScorer(config, warm)) if scorer is None else RemoteScorer(scorer)
+        self._scorer: ScorerClient
+        self._inline: ModelScorer | None = None  # fused without batches: scored in the decoding thread
+        if scorer is None:
+            local = LocalScorer(ModelScorer(config, warm), batching=(config.max_batch_size or 1) > 1)
+            self._scorer, self._inline = local, local.inline
+        else:
+            self._scorer = RemoteScorer(scorer)
         self._rng = random.Random()
         self._metrics, self._metrics_hub, self._replica = GatewayMetrics(), metrics_hub, uuid.uuid4().hex
         self._pusher: asyncio.Task[None] | None = None
@@ -80,7 +86,9 @@ class Gateway:
         self._loading: set[ModelRef] = set()
         self._control = control
         self._snapshot = ControlSnapshot(routing=dict(config.routing))
-        self._snapshot_time = 0.0
+        self._snapshot_time = 0.0  # when the control plane last answered
+        self._snapshot_fetch: asyncio.Future[None] | None = None  # the one fetch in flight, shared by requests
+        self._follower: asyncio.Task[None] | None = None
         for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
             if missing := self._missing_versions(model, policy):
                 raise ConfigError(f"routing for {model!r} names versions {missing} not in the repository")
@@ -317,16 +325,49 @@ class Gateway:
             self._pusher = asyncio.get_running_loop().create_task(self._push_metrics())
 
     async def _push_metrics(self) -> None:
+        pushed, pushed_at = None, 0.0
         while True:
             await asyncio.sleep(PUSH_INTERVAL_S)
+            snapshot = self._metrics.snapshot()
+            # Nothing new (an idle replica): no call, but for one now and then, for a hub that was replaced.
+            if snapshot == pushed and time.monotonic() - pushed_at < 30:
+                continue
             try:
-                await self._metrics_hub.push.remote(self._replica, self._metrics.snapshot())
+                await self._metrics_hub.push.remote(self._replica, snapshot)
+                pushed, pushed_at = snapshot, time.monotonic()
             except RayError as exc:  # the hub is being replaced; the next push catches up
                 logger.warning("could not push metrics: %s", exc)
 
     async def _refresh(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._snapshot_time > STATE_REFRESH_S:
-            self._snapshot = await self._control.snapshot.remote()
+        """Make sure the snapshot of routing and version states is current. A background call waiting on the
+        control plane (``_follow_control``) keeps it so; it is read afresh with ``force`` (after this
+        replica's own admin calls), at the first request, and should that call have gone quiet (requests that
+        find it so share one read)."""
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow_control())
+        if force:
+            await self._fetch_snapshot()
+        elif time.monotonic() - self._snapshot_time > WATCH_TIMEOUT_S + 5:
+            if self._snapshot_fetch is None or self._snapshot_fetch.done():
+                self._snapshot_fetch = asyncio.ensure_future(self._fetch_snapshot())
+            await asyncio.shield(self._snapshot_fetch)  # a request given up does not cancel the others' read
+
+    async def _fetch_snapshot(self) -> None:
+        self._snapshot = await self._control.snapshot.remote()
+        self._snapshot_time = time.monotonic()
+
+    async def _follow_control(self) -> None:
+        """Take each change of the control plane as it happens (one waiting call at a time)."""
+        while True:
+            held = self._snapshot
+            try:
+                answer: ControlSnapshot = await self._control.changed_since.remote(held.epoch, held.revision)
+            except RayError as exc:  # the control plane is being replaced: ask the new one shortly
+                logger.warning("waiting on the control plane failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if answer.is_newer_than(self._snapshot):  # an admin call's own read may have got here first
+                self._snapshot = answer
             self._snapshot_time = time.monotonic()
 
     async def _route(self, name: str, version: str | None, request: Request) -> ModelRef:
@@ -353,7 +394,6 @@ class Gateway:
 
     async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], request: Request) -> Any:
         """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``."""
-        check_request_images(images, self._config)
         timeout = request_timeout_s(request.headers, self._config.request_timeout_s)
         try:
             return await asyncio.wait_for(self._score_now(ref, images, labels), timeout)
@@ -372,7 +412,7 @@ class Gateway:
         stop = threading.Event()  # set when the request is given up (504): its images not yet begun are skipped
         try:
             loop = asyncio.get_running_loop()
-            pixels, errors = await loop.run_in_executor(self._decoders, self._preprocess, ref, images, stop)
+            pixels, errors, scored = await loop.run_in_executor(self._decoders, self._work, ref, images, stop)
         except StreamScoreError as exc:  # the version's files cannot be loaded here
             raise HttpError(503, f"version {ref.version} of {ref.name!r} cannot be loaded: {exc}") from None
         finally:
@@ -380,18 +420,24 @@ class Gateway:
         bad = [f"{label}: {e}" for label, e in zip(labels, errors, strict=True) if e is not None]
         if bad:
             raise HttpError(400, "; ".join(bad))
-        scored = await self._scorer.score(ref, pixels)
+        if scored is None:
+            scored = await self._scorer.score(ref, pixels)
         if scored.error is not None:
             raise HttpError(503, f"version {ref.version} of {ref.name!r} could not score: {scored.error}")
         self._metrics.images.labels(ref.name, ref.version).inc(len(images))
         self._metrics.batch_size.labels(ref.name, ref.version).observe(scored.batch_requests)
         return scored.table
 
-    def _preprocess(
+    def _work(
         self, ref: ModelRef, images: list[bytes], stop: threading.Event
-    ) -> tuple[np.ndarray, list[str | None]]:
-        """Encoded images -> uint8 pixels ``(N, H, W, C)`` and a per-image error (or None)."""
-        return self._poison.preprocess(self._graphs.get(ref)[1], images, stop)
+    ) -> tuple[np.ndarray, list[str | None], Scored | None]:
+        """A request's work in one decoder thread: encoded images -> uint8 pixels ``(N, H, W, C)`` and a
+        per-image error (or None); with inline scoring and no errors, also the scores (else None)."""
+        check_request_images(images, self._config)  # header parsing: CPU work, kept off the event loop
+        pixels, errors = self._poison.preprocess(self._graphs.get(ref)[1], images, stop)
+        if self._inline is None or any(e is not None for e in errors) or stop.is_set():
+            return pixels, errors, None
+        return pixels, errors, self._inline.score_now(ref, pixels)
 
     @staticmethod
     def _answer(body: dict[str, Any], ref: ModelRef) -> JSONResponse:

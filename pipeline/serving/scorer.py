@@ -97,7 +97,7 @@ class ModelScorer:
     def __init__(self, config: ServeConfig, warm: Sequence[ModelRef] = ()) -> None:
         self._graphs = GraphCache(config, "inference", "cuda" if config.scorer_gpus else "cpu")
         # Ray's stubs for @serve.batch know one-argument methods only, hence the ignores below.
-        self.score.set_max_batch_size(config.max_batch_size)  # type: ignore[misc, attr-defined]
+        self.score.set_max_batch_size(config.max_batch_size or 1)  # type: ignore[misc, attr-defined]
         self.score.set_batch_wait_timeout_s(config.batch_wait_timeout_s)  # type: ignore[misc, attr-defined]
         for ref in warm:  # the routed versions: loaded before the replica takes traffic
             try:
@@ -112,18 +112,22 @@ class ModelScorer:
         results = [Scored(None, n)] * n
         for ref in dict.fromkeys(refs):
             members = [i for i, r in enumerate(refs) if r == ref]
-            try:
-                table = await asyncio.to_thread(self._run, ref, np.concatenate([pixels[i] for i in members]))
-            except StreamScoreError as exc:  # cannot load, or ONNX Runtime failed: this version's requests only
-                logger.warning("scoring %s failed: %s", ref, exc)
-                for i in members:
-                    results[i] = Scored(None, n, f"{type(exc).__name__}: {exc}"[:500])
-                continue
+            group = await asyncio.to_thread(self.score_now, ref, np.concatenate([pixels[i] for i in members]), n)
             offset = 0
             for i in members:
-                results[i] = Scored(table.slice(offset, len(pixels[i])), n)
+                table = group.table.slice(offset, len(pixels[i])) if group.table is not None else None
+                results[i] = Scored(table, n, group.error)
                 offset += len(pixels[i])
         return results
+
+    def score_now(self, ref: ModelRef, pixels: np.ndarray, batch_requests: int = 1) -> Scored:
+        """Score ``pixels`` in the calling thread: unbatched, or one version's share of a batch. A version that
+        cannot load or whose inference fails gives an error, for its own requests only."""
+        try:
+            return Scored(self._run(ref, pixels), batch_requests)
+        except StreamScoreError as exc:
+            logger.warning("scoring %s failed: %s", ref, exc)
+            return Scored(None, batch_requests, f"{type(exc).__name__}: {exc}"[:500])
 
     def check(self, ref: ModelRef) -> None:
         """Load ``ref`` and score a warm-up batch; an InferenceError unless every output is finite."""
@@ -167,10 +171,15 @@ class ScorerClient(Protocol):
 
 
 class LocalScorer:
-    """Fused topology: a ``ModelScorer`` in this replica (``score`` batched with this replica's requests)."""
+    """Fused topology: a ``ModelScorer`` in this replica (``score`` batched with this replica's requests).
 
-    def __init__(self, scorer: ModelScorer) -> None:
+    ``inline`` is the scorer itself when batches are off (``max_batch_size`` 1): the gateway then scores each
+    request in the thread that preprocessed it (``ModelScorer.score_now``), with no queue between the halves.
+    """
+
+    def __init__(self, scorer: ModelScorer, batching: bool) -> None:
         self._scorer = scorer
+        self.inline = None if batching else scorer
 
     async def score(self, ref: ModelRef, pixels: np.ndarray) -> Scored:
         scored: Scored = await self._scorer.score(ref, pixels)  # type: ignore[misc, call-arg]
