@@ -4,6 +4,7 @@
 
 Plots (matplotlib, the ``bench`` extra): images/s of every scenario, end to end (what a user waits, start-up
 included) beside once running, against the machine limit; and the peak memory of each scenario's process tree.
+For a serving report: requests/s per concurrency of the Serve app and its peer, and their latency histograms.
 ``docs/performance.md`` includes the tables; ``notebooks/03_performance.ipynb`` draws the same plots.
 """
 
@@ -52,8 +53,30 @@ def markdown_table(report: dict[str, Any], command: str) -> str:
             f"| {LABELS.get(r['name'], r['name'])} | {r.get('wall_s', 0):.1f} | {end_to_end or 0:.1f} | {ratio} | "
             f"{running or 0:.1f} | {r.get('peak_pss_mb', 0):.0f} |"
         )
+    if stages := report.get("stages_ms_per_image"):
+        lines += [
+            "",
+            f"One core, one image at a time, ms per image: {_stage_line(stages)} "
+            f"(sum {sum(stages.values()):.1f} ms; `benchmarks/stages.py`).",
+        ]
     lines += ["", f"Command: `{command}`"]
     return "\n".join(lines)
+
+
+def _stage_line(stages: dict[str, float]) -> str:
+    return ", ".join(f"{name} {ms:.2f}" for name, ms in stages.items())
+
+
+def plot_stages(report: dict[str, Any], axis: Any) -> None:
+    """Milliseconds per image of each stage on one core, stacked in pipeline order."""
+    left = 0.0
+    for name, ms in report["stages_ms_per_image"].items():
+        axis.barh([0], [ms], left=left, label=f"{name} {ms:.1f}")
+        left += ms
+    axis.set_yticks([])
+    axis.set_xlabel("ms per image on one core")
+    axis.set_title("where an image's time goes")
+    axis.legend(fontsize=7, ncols=2, loc="upper center", bbox_to_anchor=(0.5, -0.35))
 
 
 def plot_throughput(report: dict[str, Any], axis: Any) -> None:
@@ -80,6 +103,39 @@ def plot_memory(report: dict[str, Any], axis: Any) -> None:
     axis.set_title("memory")
 
 
+SERVING_LABELS = {"streamscore": "streamscore serve", "peer": "FastAPI + ORT (uvicorn workers)"}
+
+
+def plot_requests(report: dict[str, Any], axis: Any) -> None:
+    """Requests/s per concurrency, both apps side by side (medians over rounds)."""
+    rows = report["summary"]
+    positions = range(len(rows))
+    for offset, app in ((-0.2, "streamscore"), (0.2, "peer")):
+        axis.bar(
+            [p + offset for p in positions], [r[f"{app}_requests_per_s"] for r in rows], 0.4, label=SERVING_LABELS[app]
+        )
+    axis.set_xticks(list(positions), [f"{r['concurrency']} clients" for r in rows])
+    axis.set_ylabel("requests/s (median of rounds)")
+    axis.set_title(f"{report['model']}, {report['cpu_count']} CPUs, closed loop")
+    axis.legend(fontsize=8)
+
+
+def plot_latency_histograms(report: dict[str, Any], axes: list[Any]) -> None:
+    """One panel per concurrency: the latency distribution of every request of every round, both apps."""
+    edges = report["histogram_edges_ms"]
+    for axis, row in zip(axes, report["summary"], strict=True):
+        c = str(row["concurrency"])
+        for app in ("streamscore", "peer"):
+            counts = report["histograms"][app][c]
+            total = sum(counts) or 1
+            axis.stairs([n / total for n in counts], edges, label=SERVING_LABELS[app], fill=app == "peer", alpha=0.6)
+        axis.set_xscale("log")
+        axis.set_xlabel("latency, ms")
+        axis.set_title(f"{c} clients")
+    axes[0].set_ylabel("share of requests")
+    axes[0].legend(fontsize=7)
+
+
 def write_report(report_path: Path, out_dir: Path, command: str) -> list[Path]:
     """``<stem>.md`` and ``<stem>.png`` beside each other in ``out_dir``; returns the files written."""
     import matplotlib
@@ -90,11 +146,28 @@ def write_report(report_path: Path, out_dir: Path, command: str) -> list[Path]:
     report = json.loads(report_path.read_text())
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / f"{report_path.stem}.md"
-    table.write_text(markdown_table(report, command) + "\n", encoding="utf-8")
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 0.6 * len(_scored(report)) + 2), width_ratios=(3, 2))
-    plot_throughput(report, left)
-    plot_memory(report, right)
-    right.set_yticks([])
+    if report.get("kind") == "serving":
+        from benchmarks.serving import serving_table
+
+        table.write_text(serving_table(report | {"command": command}) + "\n", encoding="utf-8")
+        n = len(report["summary"])
+        figure, axes = plt.subplots(1, n + 1, figsize=(4 * (n + 1), 3.8))
+        plot_requests(report, axes[0])
+        plot_latency_histograms(report, list(axes[1:]))
+    else:
+        table.write_text(markdown_table(report, command) + "\n", encoding="utf-8")
+        stages = "stages_ms_per_image" in report
+        figure, axes = plt.subplots(
+            1,
+            3 if stages else 2,
+            figsize=(19 if stages else 13, 0.6 * len(_scored(report)) + 2.5),
+            width_ratios=(3, 2, 2) if stages else (3, 2),
+        )
+        plot_throughput(report, axes[0])
+        plot_memory(report, axes[1])
+        axes[1].set_yticks([])
+        if stages:
+            plot_stages(report, axes[2])
     figure.tight_layout()
     picture = out_dir / f"{report_path.stem}.png"
     figure.savefig(picture, dpi=110)

@@ -121,10 +121,15 @@ def run_benchmark(cfg: dict[str, Any], only: list[str], repeat: int, timeout_s: 
         limit = 1 / (1 / by_name["preprocess_only"]["images_per_s"] + 1 / by_name["inference_only"]["images_per_s"])
     for r in results:
         r["ratio_to_machine_limit"] = r["images_per_s"] / limit if limit and "images_per_s" in r else None
+    from benchmarks.stages import stage_times
+
+    print("timing each stage on one core ...", file=sys.stderr, flush=True)
+    stages = stage_times(cfg | {"out_dir": str(BENCH / "out" / "stages")})
     return {
         "model": f"{cfg['model']}:{cfg['version']}",
         "images": cfg["n_images"],
         "input_format": cfg["input_format"],
+        "stages_ms_per_image": stages,
         "cpu_count": cfg["cpu_count"],
         # Other work on the machine skews every figure: keep the evidence next to them.
         "load_avg_1m_before_after": [load_before, os.getloadavg()[0]],
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--serving", action="store_true", help="benchmark the Serve app (latency, requests/s)")
     parser.add_argument("--concurrency", default="1,16,64", help="--serving: client counts (default 1,16,64)")
     parser.add_argument("--seconds", type=float, default=20, help="--serving: load per client count (default 20)")
+    parser.add_argument("--rounds", type=int, default=4, help="--serving: interleaved rounds per app (default 4)")
     parser.add_argument("--run-scenario", help=argparse.SUPPRESS)  # internal: inside a scenario subprocess
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -252,20 +258,20 @@ def main(argv: list[str] | None = None) -> None:
 
         batch = run_scenario("streamscore", cfg, args.timeout_s)
         concurrencies = [int(c) for c in args.concurrency.split(",")]
-        report = serving_report(cfg, concurrencies, args.seconds, batch)
-        print(serving_table(report))
+        report = serving_report(cfg, concurrencies, args.seconds, max(1, args.rounds), batch)
     else:
         report = run_benchmark(cfg, only, max(1, args.repeat), args.timeout_s)
         print(_table(report))
     report["command"] = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.serving:
+        print(serving_table(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-        if not args.serving:
-            from benchmarks.report import write_report
+        from benchmarks.report import write_report
 
-            for path in write_report(args.json, args.json.parent, report["command"]):
-                print(f"wrote {path}", file=sys.stderr)
+        for path in write_report(args.json, args.json.parent, report["command"]):
+            print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,46 @@
-"""The serving benchmark: latency percentiles and requests/s of the Serve app at several concurrencies.
+"""The serving benchmark: the Serve app beside the app a user would write instead, in the same run.
 
-    python -m benchmarks --serving --model efficientnet-lite0 --images 400 --json bench/serving.json
+    python -m benchmarks --serving --model efficientnet-lite0 --images 400 --rounds 4 --seconds 15 \
+        --json docs/benchmarks/serving-efficientnet-lite0.json
 
-A closed-loop load generator (aiohttp; each of C clients sends its next request when the last is answered)
-posts benchmark JPEGs to ``/predict/{model}`` on a local app started as ``streamscore serve`` starts it.
-Also measured: the same graph called in-process on one image (the floor Serve adds its cost to), and (by
-``benchmarks/run.py``) the batch pipeline on the same images. Report: p50/p95/p99 latency and requests/s per
-concurrency, Serve's p50 overhead at concurrency 1, and requests/s at 64 clients over the batch images/s.
+Two apps on the same model and images, each started as its user starts it, in its own processes:
+
+- ``streamscore``: ``streamscore serve`` (Ray Serve, HAProxy, the gateway; its own local Ray instance);
+- ``peer``: the FastAPI + ONNX Runtime app of ``benchmarks/serving_peer.py`` under ``uvicorn --workers N``
+  (N = the machine's cores), Pillow preprocessing, one session per process.
+
+A closed-loop load generator (aiohttp in this process; each of C clients posts its next JPEG when the last is
+answered) drives each app at every concurrency for ``seconds`` after a 2 s warm-up. Rounds interleave the
+apps (ABBA order, each app started afresh per round, the other one stopped) and the report gives medians
+over rounds, latency histograms per concurrency (all rounds), and each app's p50 at concurrency 1 over its
+own code called in-process on one image (what HTTP and the framework add). Also, as before, requests/s at 64
+clients over the batch pipeline's images/s on the same images.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import statistics
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parent.parent
+APPS = ("streamscore", "peer")
+# Latency histogram bins: log-spaced from 1 ms to 10 s.
+EDGES_MS = [round(10 ** (i / 20), 3) for i in range(0, 81)]
+
 
 def _percentiles(latencies_s: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies_s)
+    ordered = sorted(latencies_s) or [float("nan")]
 
     def at(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
@@ -27,19 +48,35 @@ def _percentiles(latencies_s: list[float]) -> dict[str, float]:
     return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99)}
 
 
-def in_process(model: str, models_dir: str, images: list[bytes], rounds: int) -> dict[str, Any]:
-    """The graph called directly on one image at a time: what a request costs without Serve."""
+def _histogram(latencies_s: list[float]) -> list[int]:
+    import bisect
+
+    counts = [0] * (len(EDGES_MS) - 1)
+    for latency in latencies_s:
+        counts[min(len(counts) - 1, max(0, bisect.bisect_right(EDGES_MS, latency * 1e3) - 1))] += 1
+    return counts
+
+
+def in_process(cfg: dict[str, Any], images: list[bytes], rounds: int) -> dict[str, dict[str, Any]]:
+    """Each app's own code called in this process on one image at a time: the floor HTTP adds its cost to."""
     from pipeline.graph import build_graph
     from pipeline.models import ModelRepository
 
-    graph = build_graph(model, ModelRepository(models_dir))
-    graph.run(images[:1])  # warm-up: sessions and allocations
-    latencies = []
-    for i in range(rounds):
-        start = time.perf_counter()
-        graph.run([images[i % len(images)]])
-        latencies.append(time.perf_counter() - start)
-    return {"requests": rounds, **_percentiles(latencies)}
+    graph = build_graph(f"{cfg['model']}:{cfg['version']}", ModelRepository(cfg["models_dir"]))
+    os.environ["STREAMSCORE_PEER_MODEL_DIR"] = cfg["model_dir"]
+    from benchmarks import serving_peer
+
+    calls = {"streamscore": lambda data: graph.run([data]), "peer": serving_peer.score_image}
+    result = {}
+    for app, call in calls.items():
+        call(images[0])  # warm-up: sessions and allocations
+        latencies = []
+        for i in range(rounds):
+            start = time.perf_counter()
+            call(images[i % len(images)])
+            latencies.append(time.perf_counter() - start)
+        result[app] = {"requests": rounds, **_percentiles(latencies)}
+    return result
 
 
 async def _load(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
@@ -71,76 +108,163 @@ async def _load(url: str, images: list[bytes], concurrency: int, seconds: float)
         "requests": len(latencies),
         "failures": failures,
         "requests_per_s": len(latencies) / elapsed,
-        **_percentiles(latencies or [float("nan")]),
+        **_percentiles(latencies),
+        "histogram": _histogram(latencies),
     }
 
 
-def served(
-    model: str, version: str, models_dir: str, images: list[bytes], concurrencies: list[int], seconds: float
-) -> list[dict]:
-    import urllib.request
+def _command(app: str, cfg: dict[str, Any], port: int) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    if app == "streamscore":
+        cli = Path(sys.executable).with_name("streamscore")
+        return [str(cli), "serve", "--models-dir", cfg["models_dir"], "--port", str(port)], env
+    env["STREAMSCORE_PEER_MODEL_DIR"] = cfg["model_dir"]
+    workers = str(os.cpu_count() or 1)
+    uvicorn = [sys.executable, "-m", "uvicorn", "benchmarks.serving_peer:app", "--log-level", "warning"]
+    return [*uvicorn, "--workers", workers, "--port", str(port)], env
 
-    from ray import serve
 
-    from jobs.console import connect_ray
-    from jobs.ingress import free_app_port, use_fast_ingress
-    from pipeline.serving.app import deploy
-    from pipeline.serving.config import ServeConfig
+def _url(app: str, cfg: dict[str, Any], port: int) -> str:
+    query = f"?version={cfg['version']}" if app == "streamscore" else ""
+    return f"http://127.0.0.1:{port}/predict/{cfg['model']}{query}"
 
-    port = free_app_port()
-    use_fast_ingress()
-    connect_ray(None, num_cpus=os.cpu_count())
-    deploy(ServeConfig(models_dir=models_dir), "127.0.0.1", port)
-    url = f"http://127.0.0.1:{port}/predict/{model}?version={version}"
-    for data in images[:8]:  # warm-up: every replica loads the model
-        urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=120).read()
+
+@contextlib.contextmanager
+def _running(app: str, cfg: dict[str, Any], port: int, log: Path, warm_up: list[bytes]) -> Iterator[str]:
+    """Start ``app`` as its user would, wait until it answers a scoring request, yield its URL, stop it."""
+    command, env = _command(app, cfg, port)
+    url = _url(app, cfg, port)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        return [asyncio.run(_load(url, images, c, seconds)) for c in concurrencies]
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{app} exited with {process.returncode} before it answered; see {log}")
+            try:
+                urllib.request.urlopen(urllib.request.Request(url, data=warm_up[0]), timeout=30).read()
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{app} did not answer within 180 s; see {log}") from None
+                time.sleep(0.5)
+        for data in warm_up:  # every replica or worker loads the model before the load starts
+            urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60).read()
+        yield url
     finally:
-        serve.shutdown()
+        process.send_signal(signal.SIGINT)  # both shut down cleanly on Ctrl-C
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
-def serving_report(cfg: dict[str, Any], concurrencies: list[int], seconds: float, batch: dict[str, Any]) -> dict:
-    """Serving figures for ``cfg``'s model and images, next to the batch pipeline's (``batch``) on the same images."""
+def _free_port() -> int:
+    from jobs.ingress import free_app_port
+
+    return free_app_port()
+
+
+def serving_report(
+    cfg: dict[str, Any], concurrencies: list[int], seconds: float, rounds: int, batch: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Both apps at every concurrency, ``rounds`` interleaved rounds; medians, histograms, overheads."""
     images = [Path(p).read_bytes() for p in cfg["images"]]
-    model = f"{cfg['model']}:{cfg['version']}"
-    baseline = in_process(model, cfg["models_dir"], images, rounds=200)
-    levels = served(cfg["model"], cfg["version"], cfg["models_dir"], images, concurrencies, seconds)
-    by_concurrency = {r["concurrency"]: r for r in levels}
-    return {
-        "model": model,
+    baseline = in_process(cfg, images, rounds=200)
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {app: {c: [] for c in concurrencies} for app in APPS}
+    log_dir = REPO / "bench" / "logs"
+    for r in range(rounds):
+        for app in APPS if r % 2 == 0 else APPS[::-1]:
+            with _running(app, cfg, _free_port(), log_dir / f"serving-{app}.log", images[:8]) as url:
+                for c in concurrencies:
+                    asyncio.run(_load(url, images, c, 2.0))  # warm-up at this concurrency, not counted
+                    result = asyncio.run(_load(url, images, c, seconds))
+                    runs[app][c].append(result)
+                    print(
+                        f"round {r + 1} {app:>11} c={c:<3} {result['requests_per_s']:6.1f} req/s "
+                        f"p50 {result['p50_ms']:6.1f} ms",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    summary = []
+    for c in concurrencies:
+        row: dict[str, Any] = {"concurrency": c}
+        for app in APPS:
+            rounds_of = runs[app][c]
+            row[f"{app}_requests_per_s"] = statistics.median(x["requests_per_s"] for x in rounds_of)
+            for p in ("p50_ms", "p95_ms", "p99_ms"):
+                row[f"{app}_{p}"] = statistics.median(x[p] for x in rounds_of)
+            row[f"{app}_failures"] = sum(sum(x["failures"].values()) for x in rounds_of)
+        row["requests_per_s_vs_peer"] = row["streamscore_requests_per_s"] / row["peer_requests_per_s"]
+        summary.append(row)
+    by_concurrency = {row["concurrency"]: row for row in summary}
+    report: dict[str, Any] = {
+        "kind": "serving",
+        "model": f"{cfg['model']}:{cfg['version']}",
+        "images": len(images),
         "cpu_count": os.cpu_count(),
-        "in_process_batch_1": baseline,
-        "served": levels,
-        "batch_pipeline_images_per_s": batch.get("images_per_s"),
-        "batch_pipeline_steady_images_per_s": batch.get("steady_images_per_s"),
-        # The issue's targets: <= 5 ms at concurrency 1, >= 0.7x the batch pipeline at concurrency 64.
-        "p50_overhead_ms_at_concurrency_1": by_concurrency[1]["p50_ms"] - baseline["p50_ms"]
-        if 1 in by_concurrency
-        else None,
-        "requests_per_s_at_64_vs_batch": {
-            basis: by_concurrency[64]["requests_per_s"] / batch[basis]
-            for basis in ("images_per_s", "steady_images_per_s")
-            if 64 in by_concurrency and batch.get(basis)
+        "rounds": rounds,
+        "seconds": seconds,
+        "in_process": baseline,
+        "summary": summary,
+        "runs": {app: {str(c): v for c, v in per.items()} for app, per in runs.items()},
+        "histogram_edges_ms": EDGES_MS,
+        "histograms": {
+            app: {str(c): [sum(col) for col in zip(*(x["histogram"] for x in per[c]), strict=True)] for c in per}
+            for app, per in runs.items()
         },
     }
+    if 1 in by_concurrency:  # the issue's target: <= 3 ms at concurrency 1
+        report["p50_overhead_ms_at_concurrency_1"] = {
+            app: by_concurrency[1][f"{app}_p50_ms"] - baseline[app]["p50_ms"] for app in APPS
+        }
+    if batch and 64 in by_concurrency:
+        report["batch_pipeline_images_per_s"] = batch.get("images_per_s")
+        report["requests_per_s_at_64_vs_batch"] = {
+            basis: by_concurrency[64]["streamscore_requests_per_s"] / batch[basis]
+            for basis in ("images_per_s", "steady_images_per_s")
+            if batch.get(basis)
+        }
+    return report
 
 
 def serving_table(report: dict[str, Any]) -> str:
-    baseline = report["in_process_batch_1"]
+    """Markdown: medians per concurrency, both apps, the ratio; the in-process floors and overheads."""
+    floor = report["in_process"]
     lines = [
-        f"in-process, one image: p50 {baseline['p50_ms']:.1f} ms, p95 {baseline['p95_ms']:.1f} ms",
-        f"batch pipeline on the same images: {report['batch_pipeline_images_per_s'] or float('nan'):.1f} images/s "
-        f"({report['batch_pipeline_steady_images_per_s'] or float('nan'):.1f} once running)",
-        f"{'concurrency':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}  failures",
+        f"{report['model']}, {report['images']} images, {report['cpu_count']} CPUs, {report['rounds']} interleaved "
+        f"rounds of {report['seconds']:g} s per concurrency (medians)",
+        "",
+        "| concurrency | streamscore req/s | peer req/s | ratio | streamscore p50 / p95 / p99 ms | "
+        "peer p50 / p95 / p99 ms | failures (ours, peer) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in report["served"]:
+    for row in report["summary"]:
+        ours = " / ".join(f"{row[f'streamscore_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
+        theirs = " / ".join(f"{row[f'peer_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
         lines.append(
-            f"{r['concurrency']:>11} {r['requests_per_s']:>8.1f} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
-            f"{r['p99_ms']:>8.1f}  {r['failures'] or 'none'}"
+            f"| {row['concurrency']} | {row['streamscore_requests_per_s']:.1f} | {row['peer_requests_per_s']:.1f} | "
+            f"{row['requests_per_s_vs_peer']:.2f} | {ours} | {theirs} | "
+            f"{row['streamscore_failures']}, {row['peer_failures']} |"
         )
-    if report["p50_overhead_ms_at_concurrency_1"] is not None:
-        lines.append(f"Serve's p50 overhead at concurrency 1: {report['p50_overhead_ms_at_concurrency_1']:.1f} ms")
-    for basis, ratio in report["requests_per_s_at_64_vs_batch"].items():
-        lines.append(f"requests/s at concurrency 64 / batch {basis}: {ratio:.2f}")
+    lines.append("")
+    lines.append(
+        f"In-process on one image, p50: streamscore's graph {floor['streamscore']['p50_ms']:.1f} ms, "
+        f"the peer's function {floor['peer']['p50_ms']:.1f} ms."
+    )
+    if overhead := report.get("p50_overhead_ms_at_concurrency_1"):
+        lines.append(
+            f"p50 at concurrency 1 over in-process: streamscore {overhead['streamscore']:.1f} ms, "
+            f"peer {overhead['peer']:.1f} ms."
+        )
+    if ratios := report.get("requests_per_s_at_64_vs_batch"):
+        lines.append(
+            "Requests/s at concurrency 64 over the batch pipeline's images/s: "
+            + ", ".join(f"{ratio:.2f} ({basis})" for basis, ratio in ratios.items())
+            + "."
+        )
+    if command := report.get("command"):
+        lines += ["", f"Command: `{command}`"]
     return "\n".join(lines)

@@ -35,6 +35,9 @@ FAST_INGRESS = {
     # default is an hour). Ray 2.60 offers no header timeout ("timeout http-request") to set: a client that
     # trickles its headers is held, at the cost of one of HAProxy's 4,096 connections, not of a replica slot.
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "30",
+    # Every replica hands its cached Serve metrics to Ray's metric API this often (default 100 ms). Prometheus
+    # scrapes every 10-15 s; at 1 s the app's idle CPU went from 27 % to 21 % of a core on 2 cores.
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
 }
 
 

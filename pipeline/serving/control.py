@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayError
 
 from common.errors import ConfigError
 from pipeline.model_ref import ModelRef
 from pipeline.serving.routing import RoutingPolicy
 
+logger = logging.getLogger(__name__)
 # A waiting ``changed_since`` call is answered after this long even when nothing changed: how soon a gateway
 # notices that its call was lost (the control plane replaced) and makes another.
 WATCH_TIMEOUT_S = 10.0
@@ -109,3 +113,45 @@ class ControlPlane:
         self._changed.set()  # wakes every waiting changed_since
         self._changed = asyncio.Event()
         return self._snapshot.revision
+
+
+class ControlView:
+    """A gateway replica's copy of the control plane's state, kept current by one waiting call at a time."""
+
+    def __init__(self, control: Any, routing: dict[str, RoutingPolicy]) -> None:
+        self._control = control  # the ControlPlane deployment's handle
+        self.snapshot = ControlSnapshot(routing=dict(routing))
+        self._answered_at = 0.0  # when the control plane last answered
+        self._fetch: asyncio.Future[None] | None = None  # the one read in flight, shared by requests
+        self._follower: asyncio.Task[None] | None = None
+
+    async def refresh(self, force: bool = False) -> None:
+        """Make sure ``snapshot`` is current. The waiting call (started here, on the replica's loop) keeps it
+        so; it is read afresh with ``force`` (after this replica's own admin calls), at the first request, and
+        should the waiting call have gone quiet (requests that find it so share one read)."""
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
+        if force:
+            await self._read()
+        elif time.monotonic() - self._answered_at > WATCH_TIMEOUT_S + 5:
+            if self._fetch is None or self._fetch.done():
+                self._fetch = asyncio.ensure_future(self._read())
+            await asyncio.shield(self._fetch)  # a request given up does not cancel the others' read
+
+    async def _read(self) -> None:
+        self.snapshot = await self._control.snapshot.remote()
+        self._answered_at = time.monotonic()
+
+    async def _follow(self) -> None:
+        """Take each change of the control plane as it happens."""
+        while True:
+            held = self.snapshot
+            try:
+                answer: ControlSnapshot = await self._control.changed_since.remote(held.epoch, held.revision)
+            except RayError as exc:  # the control plane is being replaced: ask the new one shortly
+                logger.warning("waiting on the control plane failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if answer.is_newer_than(self.snapshot):  # an admin call's own read may have got here first
+                self.snapshot = answer
+            self._answered_at = time.monotonic()

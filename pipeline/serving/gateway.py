@@ -32,9 +32,9 @@ from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository
 from pipeline.serving import v2
 from pipeline.serving.config import ServeConfig
-from pipeline.serving.control import WATCH_TIMEOUT_S, ControlSnapshot, VersionState
+from pipeline.serving.control import ControlSnapshot, ControlView, VersionState
 from pipeline.serving.http_body import BodyReader, HttpError, request_timeout_s
-from pipeline.serving.metrics import PUSH_INTERVAL_S, GatewayMetrics
+from pipeline.serving.metrics import GatewayMetrics, push_forever
 from pipeline.serving.poison import PoisonMemory
 from pipeline.serving.request_limits import check_request_images
 from pipeline.serving.routing import RoutingPolicy
@@ -72,23 +72,16 @@ class Gateway:
         self._poison = PoisonMemory.for_config(config)
         # Its own bounded pool (not asyncio's default, sized by the machine's cores): what bounds decode memory.
         self._decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="streamscore-decode")
-        self._scorer: ScorerClient
-        self._inline: ModelScorer | None = None  # fused without batches: scored in the decoding thread
-        if scorer is None:
-            local = LocalScorer(ModelScorer(config, warm), batching=(config.max_batch_size or 1) > 1)
-            self._scorer, self._inline = local, local.inline
-        else:
-            self._scorer = RemoteScorer(scorer)
+        local = LocalScorer(ModelScorer(config, warm), (config.max_batch_size or 1) > 1) if scorer is None else None
+        self._scorer: ScorerClient = local or RemoteScorer(scorer)
+        self._inline = local.inline if local else None  # fused without batches: scored in the decoding thread
         self._rng = random.Random()
         self._metrics, self._metrics_hub, self._replica = GatewayMetrics(), metrics_hub, uuid.uuid4().hex
         self._pusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._loading: set[ModelRef] = set()
         self._control = control
-        self._snapshot = ControlSnapshot(routing=dict(config.routing))
-        self._snapshot_time = 0.0  # when the control plane last answered
-        self._snapshot_fetch: asyncio.Future[None] | None = None  # the one fetch in flight, shared by requests
-        self._follower: asyncio.Task[None] | None = None
+        self._view = ControlView(control, config.routing)
         for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
             if missing := self._missing_versions(model, policy):
                 raise ConfigError(f"routing for {model!r} names versions {missing} not in the repository")
@@ -115,7 +108,7 @@ class Gateway:
     async def ready(self) -> JSONResponse:
         """Ready when every routed version of every model is loaded here and may take traffic. As the V2
         protocol says, 200 means ready and a 4xx not (with what is missing); a load starts for what is."""
-        await self._refresh()
+        await self._view.refresh()
         waiting = await self._not_ready(self._routed(), load=True)
         if waiting:
             return JSONResponse({"ready": False, "waiting_for": [str(r) for r in waiting]}, status_code=400)
@@ -140,7 +133,7 @@ class Gateway:
     async def model_ready(self, name: str, version: str | None = None) -> JSONResponse:
         """A version is ready when loaded here and it neither failed its check nor was retired (Triton's
         meaning); a model, when every version its routing sends traffic to is. 200 if ready, 400 if not."""
-        await self._refresh()
+        await self._view.refresh()
         if version is None:
             self._resolve(name, None)  # 404 for a model that is not there
             refs = [ref for ref in self._routed() if ref.name == name]
@@ -218,7 +211,7 @@ class Gateway:
             message = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
             state = VersionState(state="failed", error=message)
         await self._control.set_state.remote(ref, state)
-        await self._refresh(force=True)
+        await self._view.refresh(force=True)
         self._metrics.version_checks.labels(name, version, "ok" if state.routable else "failed").inc()
         body = {"model": name, "version": version, "state": state.state}
         return JSONResponse(body | ({"error": state.error} if state.error else {}), 200 if state.routable else 422)
@@ -231,13 +224,13 @@ class Gateway:
             await self._control.retire.remote(ref)
         except ConfigError as exc:
             raise HttpError(409, str(exc)) from None
-        await self._refresh(force=True)
+        await self._view.refresh(force=True)
         return JSONResponse({"model": name, "version": version, "state": "retired"})
 
     @http.get("/admin/models/{name}/routing")
     async def admin_get_routing(self, name: str, request: Request) -> JSONResponse:
         self._authorize(request)
-        await self._refresh(force=True)
+        await self._view.refresh(force=True)
         policy = self._snapshot.routing.get(name, RoutingPolicy())
         states = {v: s.model_dump(exclude_none=True) for v, s in self._snapshot.states_of(name).items()}
         held = [ref.version for ref in await self._scorer.loaded() if ref.name == name]
@@ -258,7 +251,7 @@ class Gateway:
             await self._control.set_routing.remote(name, policy)
         except ConfigError as exc:
             raise HttpError(409, str(exc)) from None
-        await self._refresh(force=True)
+        await self._view.refresh(force=True)
         return JSONResponse({"model": name, "routing": policy.model_dump()})
 
     # ------------------------------------------------------------------ helpers
@@ -322,57 +315,17 @@ class Gateway:
 
     def _start_pushing_metrics(self) -> None:
         if self._pusher is None:
-            self._pusher = asyncio.get_running_loop().create_task(self._push_metrics())
+            self._pusher = asyncio.get_running_loop().create_task(
+                push_forever(self._metrics_hub, self._replica, self._metrics)
+            )
 
-    async def _push_metrics(self) -> None:
-        pushed, pushed_at = None, 0.0
-        while True:
-            await asyncio.sleep(PUSH_INTERVAL_S)
-            snapshot = self._metrics.snapshot()
-            # Nothing new (an idle replica): no call, but for one now and then, for a hub that was replaced.
-            if snapshot == pushed and time.monotonic() - pushed_at < 30:
-                continue
-            try:
-                await self._metrics_hub.push.remote(self._replica, snapshot)
-                pushed, pushed_at = snapshot, time.monotonic()
-            except RayError as exc:  # the hub is being replaced; the next push catches up
-                logger.warning("could not push metrics: %s", exc)
-
-    async def _refresh(self, force: bool = False) -> None:
-        """Make sure the snapshot of routing and version states is current. A background call waiting on the
-        control plane (``_follow_control``) keeps it so; it is read afresh with ``force`` (after this
-        replica's own admin calls), at the first request, and should that call have gone quiet (requests that
-        find it so share one read)."""
-        if self._follower is None:
-            self._follower = asyncio.get_running_loop().create_task(self._follow_control())
-        if force:
-            await self._fetch_snapshot()
-        elif time.monotonic() - self._snapshot_time > WATCH_TIMEOUT_S + 5:
-            if self._snapshot_fetch is None or self._snapshot_fetch.done():
-                self._snapshot_fetch = asyncio.ensure_future(self._fetch_snapshot())
-            await asyncio.shield(self._snapshot_fetch)  # a request given up does not cancel the others' read
-
-    async def _fetch_snapshot(self) -> None:
-        self._snapshot = await self._control.snapshot.remote()
-        self._snapshot_time = time.monotonic()
-
-    async def _follow_control(self) -> None:
-        """Take each change of the control plane as it happens (one waiting call at a time)."""
-        while True:
-            held = self._snapshot
-            try:
-                answer: ControlSnapshot = await self._control.changed_since.remote(held.epoch, held.revision)
-            except RayError as exc:  # the control plane is being replaced: ask the new one shortly
-                logger.warning("waiting on the control plane failed: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            if answer.is_newer_than(self._snapshot):  # an admin call's own read may have got here first
-                self._snapshot = answer
-            self._snapshot_time = time.monotonic()
+    @property
+    def _snapshot(self) -> ControlSnapshot:
+        return self._view.snapshot
 
     async def _route(self, name: str, version: str | None, request: Request) -> ModelRef:
         """An explicit version always wins; otherwise the model's routing policy picks (latest if none)."""
-        await self._refresh()
+        await self._view.refresh()
         policy = self._snapshot.routing.get(name)
         if version is None and policy is not None:
             version = policy.choose(request.headers, self._rng)
