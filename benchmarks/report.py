@@ -175,12 +175,46 @@ def write_report(report_path: Path, out_dir: Path, command: str) -> list[Path]:
     return [table, picture]
 
 
+def models_table(reports: list[dict[str, Any]]) -> str:
+    """One row per batch report (a model or its INT8 version): the machine limit, streamscore and the plain loop
+    end to end and once running, and the sum of the stages on one core."""
+    lines = [
+        "| model | limit images/s | streamscore end to end (x limit) | once running | plain loop end to end | "
+        "Daft end to end | one core, ms per image (infer) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        by_name = {r["name"]: r for r in report["results"] if "error" not in r}
+        limit = report.get("machine_limit_images_per_s") or float("nan")
+        ours = by_name.get("streamscore", {})
+        stages = report.get("stages_ms_per_image", {})
+
+        ours_e2e = ours.get("end_to_end_images_per_s") or float("nan")
+        lines.append(
+            f"| {report['model']} | {limit:.1f} | {ours_e2e:.1f} ({ours_e2e / limit:.2f}) | "
+            f"{ours.get('steady_images_per_s') or float('nan'):.1f} | {_e2e(by_name, 'plain_loop')} | "
+            f"{_e2e(by_name, 'daft')} | "
+            f"{sum(stages.values()):.1f} ({stages.get('infer', float('nan')):.1f}) |"
+        )
+    return "\n".join(lines)
+
+
+def _e2e(by_name: dict[str, Any], name: str) -> str:
+    value = by_name.get(name, {}).get("end_to_end_images_per_s")
+    return f"{value:.1f}" if value else "-"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("report", type=Path, help="a JSON report written by python -m benchmarks --json")
+    parser.add_argument("report", type=Path, nargs="+", help="JSON reports written by python -m benchmarks --json")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     parser.add_argument("--command", default="", help="the command that produced the report, for the table")
+    parser.add_argument("--models-table", action="store_true", help="print one table over several batch reports")
     args = parser.parse_args(argv)
+    if args.models_table:
+        print(models_table([json.loads(path.read_text()) for path in args.report]))
+        return
+    args.report = args.report[0]
     command = args.command or json.loads(args.report.read_text()).get("command", "")
     for path in write_report(args.report, args.out, command):
         print(f"wrote {path}")
