@@ -56,32 +56,45 @@ class ModelVersion:
 class ModelRepository:
     """Read-only access to a model repository root."""
 
-    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None) -> None:
+    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None, listing_ttl_s: float = 0.0) -> None:
+        """``listing_ttl_s``: how long a folder's listing is reused. The Serve gateway resolves a version for
+        every request, and on an object store each listing is a request of its own; a version asked for by
+        name that the reused listing lacks is looked for afresh, so a version just added is found at once."""
         self.root = root
         self._fs, self._root_path = resolve(root, filesystem)
         self._uri_root = root if "://" in root else self._root_path
+        self._listing_ttl_s = listing_ttl_s
+        self._listings: dict[str, tuple[float, list[str]]] = {}
 
-    def _children(self, path: str) -> list[str]:
+    def _children(self, path: str, fresh: bool = False) -> list[str]:
+        listed = self._listings.get(path)
+        if listed is not None and not fresh and time.monotonic() - listed[0] < self._listing_ttl_s:
+            return listed[1]
         selector = pafs.FileSelector(path, allow_not_found=True)
-        return sorted(
+        children = sorted(
             info.base_name
             for info in self._fs.get_file_info(selector)
             if info.type == pafs.FileType.Directory and not info.base_name.startswith((".", "_"))
         )
+        if self._listing_ttl_s:
+            self._listings[path] = (time.monotonic(), children)
+        return children
 
     def names(self) -> list[str]:
         return self._children(self._root_path)
 
-    def versions(self, name: str) -> list[str]:
+    def versions(self, name: str, fresh: bool = False) -> list[str]:
         """Versions of ``name``, oldest first (numeric order where versions are numbers)."""
         check_id("name", name)
-        versions = self._children(join(self._root_path, name))
+        versions = self._children(join(self._root_path, name), fresh)
         return sorted(versions, key=_version_key)
 
     def resolve_version(self, name: str, version: str | None) -> str:
         """``version`` if ``name`` has it, or the latest (highest) version for None: the one meaning of
         "latest" (numeric versions in numeric order, named ones after them by name)."""
         versions = self.versions(name)
+        if self._listing_ttl_s and (not versions or (version is not None and version not in versions)):
+            versions = self.versions(name, fresh=True)
         if not versions:
             raise ModelNotFoundError(
                 f"no model {name!r} in repository {self.root!r}; models there: {', '.join(self.names()) or 'none'}"

@@ -105,3 +105,14 @@ def test_fsspec_only_schemes_work_through_the_same_interface() -> None:
     from operators.infer import read_model_bytes
 
     assert read_model_bytes(model.model_uri) == (MODELS_DIR / "digits" / "1" / "model.onnx").read_bytes()
+
+
+def test_a_reused_listing_still_finds_a_version_added_since(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The gateway reuses folder listings for a second; a version asked for by name is looked for afresh."""
+    shutil.copytree(Path(MODELS_DIR) / "digits", tmp_path / "digits")
+    repository = ModelRepository(str(tmp_path), listing_ttl_s=3600)
+    assert repository.resolve_version("digits", None) == "1"
+    shutil.copytree(tmp_path / "digits" / "1", tmp_path / "digits" / "2")
+    assert repository.resolve_version("digits", None) == "1"  # the reused listing: "latest" is as it was
+    assert repository.resolve_version("digits", "2") == "2"  # named: found at once
+    assert repository.resolve_version("digits", None) == "2"  # and the listing is fresh again

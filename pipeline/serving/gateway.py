@@ -66,7 +66,7 @@ class Gateway:
         """``scorer``: the Scorer deployment's handle, or None to score in this replica (fused topology).
         ``warm``: the routed versions, loaded before this replica takes traffic."""
         self._config = config
-        self._repository = ModelRepository(config.models_dir)
+        self._repository = ModelRepository(config.models_dir, listing_ttl_s=1.0)
         self._graphs = GraphCache(config, "preprocess")
         self._bodies = BodyReader(config.body_limits(), config.max_concurrent_body_reads)
         self._poison = PoisonMemory.for_config(config)
@@ -256,7 +256,7 @@ class Gateway:
 
     # ------------------------------------------------------------------ helpers
     def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
-        return sorted(policy.versions() - set(self._repository.versions(name)))
+        return sorted(policy.versions() - set(self._repository.versions(name, fresh=True)))
 
     def _routed(self) -> list[ModelRef]:
         """Every version some routing policy can send traffic to (a model without one, added after the deploy
