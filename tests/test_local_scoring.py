@@ -15,6 +15,7 @@ from pipeline.graph import build_graph
 from pipeline.local_scoring import LocalScoringFailed, run_locally, score_locally
 from pipeline.sources import detect_source
 from tests.bad_images import bad_inputs
+from tests.conftest import REPO
 from tests.crash_operator import KILL_GREY, OOM_GREY, SEGFAULT_GREY, crashing_repository, memory_cgroup
 
 
@@ -110,3 +111,23 @@ def test_processes_that_cannot_start_fail_the_run_with_the_reason(repository, di
     with pytest.raises(LocalScoringFailed, match="could not load"):
         run_locally(graph, detect_source(str(images)), str(tmp_path / "out"), processes=1)
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_children_skip_pandas_yet_can_still_import_it() -> None:
+    """A scoring child spares itself pandas' import (pyarrow's first array would import it); a custom operator
+    that imports pandas, and pyarrow's to_pandas, still work there afterwards."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, pyarrow as pa\n"
+        "from pipeline.local_scoring import _arrow_without_pandas\n"
+        "_arrow_without_pandas()\n"
+        "assert pa.table({'a': [1, 2]}).num_rows == 2 and 'pandas' not in sys.modules\n"
+        "import pandas\n"
+        "assert pa.table({'a': [1]}).to_pandas().shape == (1, 1)\n"
+        "assert pa.Table.from_pandas(pandas.DataFrame({'x': [1]})).num_rows == 1\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert done.stdout.strip() == "ok", done.stderr
