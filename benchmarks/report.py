@@ -103,16 +103,26 @@ def plot_memory(report: dict[str, Any], axis: Any) -> None:
     axis.set_title("memory")
 
 
-SERVING_LABELS = {"streamscore": "streamscore serve", "peer": "FastAPI + ORT (uvicorn workers)"}
+SERVING_LABELS = {
+    "streamscore": "streamscore serve",
+    "peer": "FastAPI + ORT (uvicorn workers)",
+    "peer_on_serve": "the same FastAPI app on Serve",
+}
 
 
 def plot_requests(report: dict[str, Any], axis: Any) -> None:
     """Requests/s per concurrency, both apps side by side (medians over rounds)."""
     rows = report["summary"]
     positions = range(len(rows))
-    for offset, app in ((-0.2, "streamscore"), (0.2, "peer")):
+    apps = [app for app in SERVING_LABELS if f"{app}_requests_per_s" in rows[0]]
+    width = 0.8 / len(apps)
+    for k, app in enumerate(apps):
+        offset = (k - (len(apps) - 1) / 2) * width
         axis.bar(
-            [p + offset for p in positions], [r[f"{app}_requests_per_s"] for r in rows], 0.4, label=SERVING_LABELS[app]
+            [p + offset for p in positions],
+            [r[f"{app}_requests_per_s"] for r in rows],
+            width,
+            label=SERVING_LABELS[app],
         )
     axis.set_xticks(list(positions), [f"{r['concurrency']} clients" for r in rows])
     axis.set_ylabel("requests/s (median of rounds)")
@@ -125,7 +135,7 @@ def plot_latency_histograms(report: dict[str, Any], axes: list[Any]) -> None:
     edges = report["histogram_edges_ms"]
     for axis, row in zip(axes, report["summary"], strict=True):
         c = str(row["concurrency"])
-        for app in ("streamscore", "peer"):
+        for app in [a for a in SERVING_LABELS if a in report["histograms"]]:
             counts = report["histograms"][app][c]
             total = sum(counts) or 1
             axis.stairs([n / total for n in counts], edges, label=SERVING_LABELS[app], fill=app == "peer", alpha=0.6)

@@ -263,11 +263,12 @@ def main(argv: list[str] | None = None) -> None:
         report = run_benchmark(cfg, only, max(1, args.repeat), args.timeout_s)
         print(_table(report))
     report["command"] = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.json:  # first: a table that fails to print must not lose the run
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.serving:
         print(serving_table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
         from benchmarks.report import write_report
 
         for path in write_report(args.json, args.json.parent, report["command"]):

@@ -7,7 +7,9 @@ Two apps on the same model and images, each started as its user starts it, in it
 
 - ``streamscore``: ``streamscore serve`` (Ray Serve, HAProxy, the gateway; its own local Ray instance);
 - ``peer``: the FastAPI + ONNX Runtime app of ``benchmarks/serving_peer.py`` under ``uvicorn --workers N``
-  (N = the machine's cores), Pillow preprocessing, one session per process.
+  (N = the machine's cores), Pillow preprocessing, one session per process;
+- ``peer_on_serve``: the peer's own endpoint as a Serve app behind the same ingress as ``streamscore serve``
+  (``benchmarks/serving_peer_on_serve.py``): what Serve's HTTP path costs before any of our code.
 
 A closed-loop load generator (aiohttp in this process; each of C clients posts its next JPEG when the last is
 answered) drives each app at every concurrency for ``seconds`` after a 2 s warm-up. Rounds interleave the
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-APPS = ("streamscore", "peer")
+APPS = ("streamscore", "peer", "peer_on_serve")
 # Latency histogram bins: log-spaced from 1 ms to 10 s.
 EDGES_MS = [round(10 ** (i / 20), 3) for i in range(0, 81)]
 
@@ -76,6 +78,7 @@ def in_process(cfg: dict[str, Any], images: list[bytes], rounds: int) -> dict[st
             call(images[i % len(images)])
             latencies.append(time.perf_counter() - start)
         result[app] = {"requests": rounds, **_percentiles(latencies)}
+    result["peer_on_serve"] = result["peer"]  # the same function
     return result
 
 
@@ -118,6 +121,16 @@ def _command(app: str, cfg: dict[str, Any], port: int) -> tuple[list[str], dict[
     if app == "streamscore":
         cli = Path(sys.executable).with_name("streamscore")
         return [str(cli), "serve", "--models-dir", cfg["models_dir"], "--port", str(port)], env
+    if app == "peer_on_serve":
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.serving_peer_on_serve",
+            "--model-dir",
+            cfg["model_dir"],
+            "--port",
+            str(port),
+        ], env
     env["STREAMSCORE_PEER_MODEL_DIR"] = cfg["model_dir"]
     workers = str(os.cpu_count() or 1)
     uvicorn = [sys.executable, "-m", "uvicorn", "benchmarks.serving_peer:app", "--log-level", "warning"]
@@ -237,17 +250,19 @@ def serving_table(report: dict[str, Any]) -> str:
         f"{report['model']}, {report['images']} images, {report['cpu_count']} CPUs, {report['rounds']} interleaved "
         f"rounds of {report['seconds']:g} s per concurrency (medians)",
         "",
-        "| concurrency | streamscore req/s | peer req/s | ratio | streamscore p50 / p95 / p99 ms | "
-        "peer p50 / p95 / p99 ms | failures (ours, peer) |",
-        "|---|---|---|---|---|---|---|",
+        "| concurrency | streamscore req/s | peer req/s | ratio | peer on Serve req/s (x peer) | "
+        "streamscore p50 / p95 / p99 ms | peer p50 / p95 / p99 ms | failures (ours, peer, on Serve) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["summary"]:
         ours = " / ".join(f"{row[f'streamscore_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
         theirs = " / ".join(f"{row[f'peer_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
+        on_serve = row.get("peer_on_serve_requests_per_s")
+        on_serve_text = f"{on_serve:.1f} ({on_serve / row['peer_requests_per_s']:.2f})" if on_serve else "-"
+        failures = ", ".join(str(row.get(f"{app}_failures", "-")) for app in APPS)
         lines.append(
             f"| {row['concurrency']} | {row['streamscore_requests_per_s']:.1f} | {row['peer_requests_per_s']:.1f} | "
-            f"{row['requests_per_s_vs_peer']:.2f} | {ours} | {theirs} | "
-            f"{row['streamscore_failures']}, {row['peer_failures']} |"
+            f"{row['requests_per_s_vs_peer']:.2f} | {on_serve_text} | {ours} | {theirs} | {failures} |"
         )
     lines.append("")
     lines.append(
@@ -256,8 +271,9 @@ def serving_table(report: dict[str, Any]) -> str:
     )
     if overhead := report.get("p50_overhead_ms_at_concurrency_1"):
         lines.append(
-            f"p50 at concurrency 1 over in-process: streamscore {overhead['streamscore']:.1f} ms, "
-            f"peer {overhead['peer']:.1f} ms."
+            "p50 at concurrency 1 over in-process: "
+            + ", ".join(f"{app} {ms:.1f} ms" for app, ms in overhead.items())
+            + "."
         )
     if ratios := report.get("requests_per_s_at_64_vs_batch"):
         lines.append(

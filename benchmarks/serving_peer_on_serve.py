@@ -1,0 +1,75 @@
+"""The peer's own endpoint as a Ray Serve app: what Serve's HTTP path costs, with none of StreamScore in it.
+
+    python -m benchmarks.serving_peer_on_serve --model-dir models/efficientnet-lite0/1 --port 8000
+
+The same route and function as ``benchmarks/serving_peer.py`` (``score_image`` in Starlette's thread pool), one
+replica per core (1 CPU each), behind the ingress ``streamscore serve`` uses (HAProxy, replicas taking HTTP
+themselves, Serve's throughput-optimized mode; ``jobs/ingress.py``), on a local Ray instance without the
+dashboard. Between the peer under uvicorn and this is Serve's own cost; between this and ``streamscore serve``
+is ours. Runs until Ctrl-C.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the route's annotations at run time, which Serve's
+# class-based views cannot resolve from strings (as in pipeline/serving/gateway.py).
+import argparse
+import os
+import signal
+import threading
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+REPO = Path(__file__).resolve().parent.parent
+app = FastAPI()
+
+
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(app)
+class PeerOnServe:
+    def __init__(self, model_dir: str) -> None:
+        os.environ["STREAMSCORE_PEER_MODEL_DIR"] = model_dir
+        from benchmarks import serving_peer
+
+        self._score = serving_peer.score_image
+
+    @app.post("/predict/{model}")
+    async def predict(self, model: str, request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        data = await request.body()
+        try:
+            return JSONResponse(await run_in_threadpool(self._score, data))
+        except (OSError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args(argv)
+    import ray
+
+    from jobs.ingress import use_fast_ingress
+
+    use_fast_ingress()
+    cpus = os.cpu_count() or 1
+    runtime_env = {"env_vars": {"PYTHONPATH": str(REPO)}}  # the replicas import this module
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    deployment = PeerOnServe.options(num_replicas=cpus, ray_actor_options={"num_cpus": 1})  # type: ignore[attr-defined]
+    serve.run(deployment.bind(str(Path(args.model_dir).resolve())), name="peer", route_prefix="/")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
