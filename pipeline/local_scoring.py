@@ -197,6 +197,7 @@ def score_locally(
     context = multiprocessing.get_context("spawn")
     children = [_Child(context, graph, column, record_node) for _ in range(processes or local_processes())]
     started = time.perf_counter()
+    start_deaths = 0  # children that died before they were ready: past one per slot, the machine cannot start them
     try:
         while True:
             for child in children:
@@ -215,6 +216,9 @@ def score_locally(
                     continue
                 message = _receive(child)
                 if message is None:  # it died: what it held is isolated, and another child takes its place
+                    start_deaths += not child.ready
+                    if start_deaths > len(children):
+                        raise LocalScoringFailed(f"scoring processes keep dying while starting: {_death(child)}")
                     children[children.index(child)] = _replace(child, tasks, context, graph, column, record_node)
                     continue
                 kind, payload = message
@@ -247,13 +251,19 @@ def _receive(child: _Child) -> tuple[str, Any] | None:
 def _replace(
     dead: _Child, tasks: collections.deque[_Task], context: Any, graph: Graph, column: str, record_node: bool
 ) -> _Child:
-    """Requeue what ``dead`` held (split into rows; a single row becomes an error row) and start another child."""
+    """Requeue what ``dead`` held (split into rows; a single row becomes an error row) and start another child.
+    A child that died before it was ready (killed from outside while importing) had begun none of its rows:
+    its task goes back whole."""
     task, dead.task = dead.task, None  # its pipe and its sentinel may both report the death: handled once
     assert task is not None
     reason = _death(dead)
     dead.conn.close()
     if not dead.ready:
-        raise LocalScoringFailed(f"a scoring process died while starting: {reason.removesuffix(' on this row')}")
+        logger.warning(
+            "%s while starting; its %d rows go to another", reason.removesuffix(" on this row"), len(task.ids)
+        )
+        tasks.appendleft(task)
+        return _Child(context, graph, column, record_node)
     logger.warning("%s; isolating its %d rows", reason.removesuffix(" on this row"), len(task.ids))
     if len(task.ids) > 1:
         tasks.extendleft(reversed([_Task([i], [v]) for i, v in zip(task.ids, task.values, strict=True)]))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from pipeline.sources import detect_source
 from tests.bad_images import bad_inputs
 from tests.conftest import REPO
 from tests.crash_operator import KILL_GREY, OOM_GREY, SEGFAULT_GREY, crashing_repository, memory_cgroup
+from tests.processes import descendants
 
 
 def _grey(path: Path, value: int) -> Path:
@@ -131,3 +136,56 @@ def test_children_skip_pandas_yet_can_still_import_it() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def _kill_scoring_children(stop: threading.Event, kills: int, killed: list[int]) -> None:
+    """SIGKILL each scoring child of this process as soon as it appears (long before it is ready: its
+    imports take half a second), ``kills`` of them at most."""
+    while not stop.is_set() and len(killed) < kills:
+        for pid in descendants(os.getpid()):
+            if pid not in killed and "multiprocessing.spawn" in _cmdline(pid):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.005)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_child_killed_while_starting_is_replaced_and_its_rows_are_scored(  # type: ignore[no-untyped-def]
+    repository, digit_files, tmp_path: Path
+) -> None:
+    images = _folder(tmp_path / "images", digit_files, 40)
+    graph = build_graph("digits", repository, read_files=True)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_scoring_children, args=(stop, 1, killed))
+    killer.start()
+    try:
+        summary = run_locally(graph, detect_source(str(images)), str(tmp_path / "out"), processes=2)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == 1
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert summary.rows == len(rows) == 40 and all(r["error"] is None for r in rows)
+
+
+def test_children_that_keep_dying_while_starting_fail_the_run(repository, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    images = _folder(tmp_path / "images", digit_files, 8)
+    graph = build_graph("digits", repository, read_files=True)
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_scoring_children, args=(stop, 50, killed))
+    killer.start()
+    try:
+        with pytest.raises(LocalScoringFailed, match="keep dying while starting: .*SIGKILL"):
+            run_locally(graph, detect_source(str(images)), str(tmp_path / "out"), processes=2)
+    finally:
+        stop.set()
+        killer.join()
+    # One death per slot is replaced; the next ends the run (a replacement may be killed before that is seen).
+    assert 3 <= len(killed) <= 4
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
