@@ -143,7 +143,14 @@ class _Child:
     def __init__(self, context: Any, graph: Graph, column: str, record_node: bool) -> None:
         self.conn, child_end = context.Pipe()
         self.process = context.Process(target=_child, args=(child_end, graph, column, record_node), daemon=True)
-        self.process.start()
+        # A Ctrl-C while the child's start-up data is being written would leave it reading half of it (it dies
+        # printing "EOFError: Ran out of input"): the signal waits until the start is done (the child, which
+        # ignores it anyway, inherits the mask).
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child_end.close()
         self.task: _Task | None = None
         self.ready = False

@@ -156,24 +156,6 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_a_child_killed_while_starting_is_replaced_and_its_rows_are_scored(  # type: ignore[no-untyped-def]
-    repository, digit_files, tmp_path: Path
-) -> None:
-    images = _folder(tmp_path / "images", digit_files, 40)
-    graph = build_graph("digits", repository, read_files=True)
-    stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_scoring_children, args=(stop, 1, killed))
-    killer.start()
-    try:
-        summary = run_locally(graph, detect_source(str(images)), str(tmp_path / "out"), processes=2)
-    finally:
-        stop.set()
-        killer.join()
-    assert len(killed) == 1
-    rows = pq.read_table(tmp_path / "out").to_pylist()
-    assert summary.rows == len(rows) == 40 and all(r["error"] is None for r in rows)
-
-
 def test_children_that_keep_dying_while_starting_fail_the_run(repository, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     images = _folder(tmp_path / "images", digit_files, 8)
     graph = build_graph("digits", repository, read_files=True)
