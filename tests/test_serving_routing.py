@@ -156,10 +156,18 @@ def test_admin_cli_wraps_the_api(server: str, capsys) -> None:  # type: ignore[n
     assert json.loads(capsys.readouterr().out)["routing"]["weights"] == {"1": 90.0, "2": 10.0}
     assert main(["admin", "--url", server, "--token", "wrong", "retire", "digits", "2"]) == 1
 
-    with urllib.request.urlopen(f"{server}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    assert 'streamscore_version_checks_total{model="digits",outcome="failed",version="4"} 1.0' in text
-    assert 'streamscore_version_checks_total{model="digits",outcome="ok",version="2"} 1.0' in text
+    # The hub sums what each replica last pushed (every PUSH_INTERVAL_S when changed): the counts of the replica
+    # that did not answer this scrape arrive within that time.
+    wanted = [
+        'streamscore_version_checks_total{model="digits",outcome="failed",version="4"} 1.0',
+        'streamscore_version_checks_total{model="digits",outcome="ok",version="2"} 1.0',
+    ]
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"{server}/metrics", timeout=30) as response:
+            return str(response.read().decode())
+
+    wait_for(lambda: all(line in scrape() for line in wanted), 15, 0.5)
 
 
 def test_full_queues_answer_503_with_retry_after(server: str, repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
