@@ -72,6 +72,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cmdline(pid: int) -> str:
+    """A process's command line, or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"

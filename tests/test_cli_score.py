@@ -25,6 +25,7 @@ from tests.processes import (
     MODEL,
     alive,
     clean_env,
+    cmdline,
     console_script,
     descendants,
     ray_sessions,
@@ -236,7 +237,7 @@ def test_scoring_actors_killed_mid_run_lose_no_row_and_change_no_prediction(
 
     def scoring_actors() -> list[int]:
         marker = "MapWorker" if executor == "ray" else "multiprocessing.spawn"
-        return [pid for pid in descendants(run.pid) if marker in _cmdline(pid)]
+        return [pid for pid in descendants(run.pid) if marker in cmdline(pid)]
 
     try:
         # Once the first predictions are written, the actors are mid-run.
@@ -263,13 +264,6 @@ def test_scoring_actors_killed_mid_run_lose_no_row_and_change_no_prediction(
         reference = expected[row["id"].split("-", 1)[1].removesuffix(".jpg")]
         assert row["error"] is None and row["label"] == reference["label"], row
         assert row["score"] == pytest.approx(reference["score"], abs=1e-5)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def test_bad_settings_exit_2_in_one_line_before_ray_starts(streamscore, tmp_path: Path) -> None:

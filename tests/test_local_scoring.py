@@ -21,7 +21,7 @@ from pipeline.sources import detect_source
 from tests.bad_images import bad_inputs
 from tests.conftest import REPO
 from tests.crash_operator import KILL_GREY, OOM_GREY, SEGFAULT_GREY, crashing_repository, memory_cgroup
-from tests.processes import descendants
+from tests.processes import cmdline, descendants
 
 
 def _grey(path: Path, value: int) -> Path:
@@ -143,17 +143,10 @@ def _kill_scoring_children(stop: threading.Event, kills: int, killed: list[int])
     imports take half a second), ``kills`` of them at most."""
     while not stop.is_set() and len(killed) < kills:
         for pid in descendants(os.getpid()):
-            if pid not in killed and "multiprocessing.spawn" in _cmdline(pid):
+            if pid not in killed and "multiprocessing.spawn" in cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         time.sleep(0.005)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def test_children_that_keep_dying_while_starting_fail_the_run(repository, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
