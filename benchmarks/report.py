@@ -107,11 +107,12 @@ SERVING_LABELS = {
     "streamscore": "streamscore serve",
     "peer": "FastAPI + ORT (uvicorn workers)",
     "peer_on_serve": "the same FastAPI app on Serve",
+    "peer_on_serve_bare": "the same function, bare on Serve",
 }
 
 
 def plot_requests(report: dict[str, Any], axis: Any) -> None:
-    """Requests/s per concurrency, both apps side by side (medians over rounds)."""
+    """Requests/s per concurrency, the apps side by side (medians over rounds)."""
     rows = report["summary"]
     positions = range(len(rows))
     apps = [app for app in SERVING_LABELS if f"{app}_requests_per_s" in rows[0]]

@@ -3,17 +3,19 @@
     python -m benchmarks --serving --model efficientnet-lite0 --images 400 --rounds 4 --seconds 15 \
         --json docs/benchmarks/serving-efficientnet-lite0.json
 
-Two apps on the same model and images, each started as its user starts it, in its own processes:
+The apps below, on the same model and images, each started as its user starts it, in its own processes:
 
 - ``streamscore``: ``streamscore serve`` (Ray Serve, HAProxy, the gateway; its own local Ray instance);
 - ``peer``: the FastAPI + ONNX Runtime app of ``benchmarks/serving_peer.py`` under ``uvicorn --workers N``
   (N = the machine's cores), Pillow preprocessing, one session per process;
 - ``peer_on_serve``: the peer's own endpoint as a Serve app behind the same ingress as ``streamscore serve``
-  (``benchmarks/serving_peer_on_serve.py``): what Serve's HTTP path costs before any of our code.
+  (``benchmarks/serving_peer_on_serve.py``): what Serve's HTTP path costs before any of our code;
+- ``peer_on_serve_bare``: the same function in a plain ``__call__`` deployment, without FastAPI (``--bare``):
+  the leanest HTTP endpoint Serve can host, Serve's floor.
 
 A closed-loop load generator (aiohttp in this process; each of C clients posts its next JPEG when the last is
 answered) drives each app at every concurrency for ``seconds`` after a 2 s warm-up. Rounds interleave the
-apps (ABBA order, each app started afresh per round, the other one stopped) and the report gives medians
+apps (in order, then reversed, each app started afresh per round, the others stopped) and the report gives medians
 over rounds, latency histograms per concurrency (all rounds), and each app's p50 at concurrency 1 over its
 own code called in-process on one image (what HTTP and the framework add). Also, as before, requests/s at 64
 clients over the batch pipeline's images/s on the same images.
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-APPS = ("streamscore", "peer", "peer_on_serve")
+APPS = ("streamscore", "peer", "peer_on_serve", "peer_on_serve_bare")
 # Latency histogram bins: log-spaced from 1 ms to 10 s.
 EDGES_MS = [round(10 ** (i / 20), 3) for i in range(0, 81)]
 
@@ -78,7 +80,7 @@ def in_process(cfg: dict[str, Any], images: list[bytes], rounds: int) -> dict[st
             call(images[i % len(images)])
             latencies.append(time.perf_counter() - start)
         result[app] = {"requests": rounds, **_percentiles(latencies)}
-    result["peer_on_serve"] = result["peer"]  # the same function
+    result["peer_on_serve"] = result["peer_on_serve_bare"] = result["peer"]  # the same function
     return result
 
 
@@ -121,16 +123,9 @@ def _command(app: str, cfg: dict[str, Any], port: int) -> tuple[list[str], dict[
     if app == "streamscore":
         cli = Path(sys.executable).with_name("streamscore")
         return [str(cli), "serve", "--models-dir", cfg["models_dir"], "--port", str(port)], env
-    if app == "peer_on_serve":
-        return [
-            sys.executable,
-            "-m",
-            "benchmarks.serving_peer_on_serve",
-            "--model-dir",
-            cfg["model_dir"],
-            "--port",
-            str(port),
-        ], env
+    if app.startswith("peer_on_serve"):
+        command = [sys.executable, "-m", "benchmarks.serving_peer_on_serve", "--model-dir", cfg["model_dir"]]
+        return [*command, "--port", str(port), *(["--bare"] if app == "peer_on_serve_bare" else [])], env
     env["STREAMSCORE_PEER_MODEL_DIR"] = cfg["model_dir"]
     workers = str(os.cpu_count() or 1)
     uvicorn = [sys.executable, "-m", "uvicorn", "benchmarks.serving_peer:app", "--log-level", "warning"]
@@ -183,7 +178,7 @@ def _free_port() -> int:
 def serving_report(
     cfg: dict[str, Any], concurrencies: list[int], seconds: float, rounds: int, batch: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Both apps at every concurrency, ``rounds`` interleaved rounds; medians, histograms, overheads."""
+    """Every app at every concurrency, ``rounds`` interleaved rounds; medians, histograms, overheads."""
     images = [Path(p).read_bytes() for p in cfg["images"]]
     baseline = in_process(cfg, images, rounds=200)
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {app: {c: [] for c in concurrencies} for app in APPS}
@@ -243,26 +238,32 @@ def serving_report(
     return report
 
 
+def _versus_peer(row: dict[str, Any], app: str) -> str:
+    """``app``'s requests/s and its ratio to the peer's; "-" in a report from before the app was measured."""
+    rate = row.get(f"{app}_requests_per_s")
+    return f"{rate:.1f} ({rate / row['peer_requests_per_s']:.2f})" if rate else "-"
+
+
 def serving_table(report: dict[str, Any]) -> str:
-    """Markdown: medians per concurrency, both apps, the ratio; the in-process floors and overheads."""
+    """Markdown: medians per concurrency, every app, the ratios; the in-process floors and overheads."""
     floor = report["in_process"]
     lines = [
         f"{report['model']}, {report['images']} images, {report['cpu_count']} CPUs, {report['rounds']} interleaved "
         f"rounds of {report['seconds']:g} s per concurrency (medians)",
         "",
         "| concurrency | streamscore req/s | peer req/s | ratio | peer on Serve req/s (x peer) | "
-        "streamscore p50 / p95 / p99 ms | peer p50 / p95 / p99 ms | failures (ours, peer, on Serve) |",
-        "|---|---|---|---|---|---|---|---|",
+        "bare on Serve req/s (x peer) | streamscore p50 / p95 / p99 ms | peer p50 / p95 / p99 ms | "
+        "failures (ours, peer, on Serve, bare) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["summary"]:
         ours = " / ".join(f"{row[f'streamscore_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
         theirs = " / ".join(f"{row[f'peer_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
-        on_serve = row.get("peer_on_serve_requests_per_s")
-        on_serve_text = f"{on_serve:.1f} ({on_serve / row['peer_requests_per_s']:.2f})" if on_serve else "-"
+        on_serve = [_versus_peer(row, app) for app in ("peer_on_serve", "peer_on_serve_bare")]
         failures = ", ".join(str(row.get(f"{app}_failures", "-")) for app in APPS)
         lines.append(
             f"| {row['concurrency']} | {row['streamscore_requests_per_s']:.1f} | {row['peer_requests_per_s']:.1f} | "
-            f"{row['requests_per_s_vs_peer']:.2f} | {on_serve_text} | {ours} | {theirs} | {failures} |"
+            f"{row['requests_per_s_vs_peer']:.2f} | {' | '.join(on_serve)} | {ours} | {theirs} | {failures} |"
         )
     lines.append("")
     lines.append(
