@@ -196,8 +196,13 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     strip = io.BytesIO()
     Image.new("RGB", (4000, 1), (200, 30, 30)).save(strip, "PNG")  # a <100-byte aspect-ratio bomb
     assert request_json(f"{server}/predict/{MODEL}", strip.getvalue())[0] == 200
-    for path in ("/docs", "/redoc", "/openapi.json"):  # not part of the API
-        assert request_json(f"{server}{path}")[0] == 404
+    for path in ("/docs", "/redoc", "/openapi.json", "/v2/models"):  # not part of the API
+        status, _, body = request_json(f"{server}{path}")
+        assert status == 404 and "no route" in body["error"], (path, body)
+    status, headers, body = request_json(f"{server}/predict/{MODEL}")  # a route of another method
+    assert status == 405 and headers.get("Allow") == "POST" and "GET is not allowed" in body["error"], body
+    status, headers, _ = request_json(f"{server}/v2/health/live", method="DELETE")
+    assert status == 405 and set(headers.get("Allow", "").split(", ")) == {"GET", "HEAD"}
     five = [base64.b64encode(photo_jpegs["coffee"][:100]).decode()] * 5
     v2 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [5], "data": five}]}
     status, _, body = request_json(f"{server}/v2/models/{MODEL}/infer", json.dumps(v2).encode())

@@ -5,8 +5,8 @@ uint8 pixels to the scorer, so a request makes one hop between deployments. Ever
 version that served it, in the body and in ``X-Model-Version``. Bad requests get 4xx with ``{"error": ...}``.
 """
 
-# No ``from __future__ import annotations`` here: FastAPI reads the route methods' annotations at run time,
-# and Serve's class-based views cannot resolve them as strings (``request: Request`` became a query field).
+from __future__ import annotations
+
 import asyncio
 import hmac
 import logging
@@ -19,13 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from common.errors import ConfigError, StreamScoreError
 from pipeline.model_ref import ModelRef
@@ -37,28 +37,15 @@ from pipeline.serving.http_body import BodyReader, HttpError, request_timeout_s
 from pipeline.serving.metrics import GatewayMetrics, push_forever
 from pipeline.serving.poison import PoisonMemory
 from pipeline.serving.request_limits import check_request_images
+from pipeline.serving.routes import Routes, version_of
 from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, RemoteScorer, Scored, ScorerClient
 
 logger = logging.getLogger(__name__)
-# No /docs, /redoc or /openapi.json: the API is the V2 protocol and /predict, documented in the README.
-http = FastAPI(title="StreamScore", docs_url=None, redoc_url=None, openapi_url=None)
 Handler = Callable[[ModelRef, Request], Awaitable[JSONResponse]]
 
 
-@http.exception_handler(HttpError)
-async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-
-
-@http.exception_handler(StarletteHTTPException)
-async def _starlette_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """Starlette's own refusals (bad multipart, unknown route) in our shape: ``{"error": ...}``."""
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-
 @serve.deployment
-@serve.ingress(http)
 class Gateway:
     def __init__(
         self, config: ServeConfig, scorer: Any | None, control: Any, metrics_hub: Any, warm: list[ModelRef]
@@ -87,10 +74,33 @@ class Gateway:
                 raise ConfigError(f"routing for {model!r} names versions {missing} not in the repository")
         for ref in warm:
             self._graphs.get(ref)
+        # No /docs, /redoc or /openapi.json: the API is the V2 protocol and /predict, documented in the README.
+        self._routes = Routes()
+        for method, path, endpoint in [
+            ("GET", "/v2", self.server_metadata),
+            ("GET", "/v2/health/live", self.live),
+            ("GET", "/v2/health/ready", self.ready),
+            ("GET", "/v2/models/{name}", self.metadata),
+            ("GET", "/v2/models/{name}/versions/{version}", self.metadata),
+            ("GET", "/v2/models/{name}/ready", self.model_ready),
+            ("GET", "/v2/models/{name}/versions/{version}/ready", self.model_ready),
+            ("GET", "/metrics", self.metrics),
+            ("POST", "/v2/models/{name}/infer", self.infer),
+            ("POST", "/v2/models/{name}/versions/{version}/infer", self.infer),
+            ("POST", "/predict/{name}", self.predict),
+            ("POST", "/admin/models/{name}/versions/{version}/load", self.admin_load),
+            ("DELETE", "/admin/models/{name}/versions/{version}", self.admin_retire),
+            ("GET", "/admin/models/{name}/routing", self.admin_get_routing),
+            ("PUT", "/admin/models/{name}/routing", self.admin_put_routing),
+        ]:
+            self._routes.add(method, path, endpoint)
+
+    async def __call__(self, request: Request) -> Response:
+        """Every HTTP request to the app."""
+        return await self._routes.answer(request)
 
     # ------------------------------------------------------------------ health and metadata
-    @http.get("/v2")
-    def server_metadata(self) -> dict[str, Any]:
+    async def server_metadata(self, _: Request) -> JSONResponse:
         """V2 server metadata (``tritonclient``'s ``get_server_metadata``)."""
         from importlib.metadata import PackageNotFoundError, version
 
@@ -98,14 +108,12 @@ class Gateway:
             release = version("streamscore")
         except PackageNotFoundError:  # run from a source tree that was never installed
             release = "unknown"
-        return {"name": "streamscore", "version": release, "extensions": ["binary_tensor_data"]}
+        return JSONResponse({"name": "streamscore", "version": release, "extensions": ["binary_tensor_data"]})
 
-    @http.get("/v2/health/live")
-    def live(self) -> dict[str, bool]:
-        return {"live": True}
+    async def live(self, _: Request) -> JSONResponse:
+        return JSONResponse({"live": True})
 
-    @http.get("/v2/health/ready")
-    async def ready(self) -> JSONResponse:
+    async def ready(self, _: Request) -> JSONResponse:
         """Ready when every routed version of every model is loaded here and may take traffic. As the V2
         protocol says, 200 means ready and a 4xx not (with what is missing); a load starts for what is."""
         await self._view.refresh()
@@ -114,25 +122,22 @@ class Gateway:
             return JSONResponse({"ready": False, "waiting_for": [str(r) for r in waiting]}, status_code=400)
         return JSONResponse({"ready": True})
 
-    @http.get("/v2/models/{name}")
-    @http.get("/v2/models/{name}/versions/{version}")
-    async def metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+    async def metadata(self, request: Request) -> JSONResponse:
+        name, version = request.path_params["name"], version_of(request)
         ref = self._resolve(name, version)
         graph, _ = await asyncio.to_thread(self._graphs.get, ref)
         versions = [str(ref.version)] if version else self._repository.versions(name)
         model = graph.model
         if model.manifest.task == "embedding":
-            return v2.model_metadata(name, versions, 0, embedding_width=model.output_width)
+            return JSONResponse(v2.model_metadata(name, versions, 0, embedding_width=model.output_width))
         k = min(self._config.options.top_k, len(model.labels))  # what postprocess gives
-        return v2.model_metadata(
-            name, versions, k, raw_width=len(model.labels) if self._config.options.raw_outputs else None
-        )
+        raw_width = len(model.labels) if self._config.options.raw_outputs else None
+        return JSONResponse(v2.model_metadata(name, versions, k, raw_width=raw_width))
 
-    @http.get("/v2/models/{name}/ready")
-    @http.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(self, name: str, version: str | None = None) -> JSONResponse:
+    async def model_ready(self, request: Request) -> JSONResponse:
         """A version is ready when loaded here and it neither failed its check nor was retired (Triton's
         meaning); a model, when every version its routing sends traffic to is. 200 if ready, 400 if not."""
+        name, version = request.path_params["name"], version_of(request)
         await self._view.refresh()
         if version is None:
             self._resolve(name, None)  # 404 for a model that is not there
@@ -146,18 +151,15 @@ class Gateway:
         body = {"name": name, "version": ref.version, "ready": ready, "state": state.state}
         return JSONResponse(body | ({"error": state.error} if state.error else {}), status_code=200 if ready else 400)
 
-    @http.get("/metrics")
-    async def metrics(self) -> Response:
+    async def metrics(self, _: Request) -> Response:
         """The whole app's counts (every gateway replica's), in the Prometheus text format."""
         self._start_pushing_metrics()
         await self._metrics_hub.push.remote(self._replica, self._metrics.snapshot())
         return Response(await self._metrics_hub.render.remote(), media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ scoring
-    @http.post("/v2/models/{name}/infer")
-    @http.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
-        return await self._observed("infer", name, version, request, self._infer)
+    async def infer(self, request: Request) -> JSONResponse:
+        return await self._observed("infer", request, self._infer)
 
     async def _infer(self, ref: ModelRef, request: Request) -> JSONResponse:
         body = await self._bodies.body(request)
@@ -172,10 +174,9 @@ class Gateway:
         table = await self._score(ref, parsed.images, labels, request)
         return self._answer(v2.infer_response(table, parsed.request_id), ref)
 
-    @http.post("/predict/{name}")
-    async def predict(self, name: str, request: Request, version: str | None = None) -> JSONResponse:
+    async def predict(self, request: Request) -> JSONResponse:
         """A raw image body, or a multipart upload of one or more files; JSON with label, score and top-k."""
-        return await self._observed("predict", name, version, request, self._predict)
+        return await self._observed("predict", request, self._predict)
 
     async def _predict(self, ref: ModelRef, request: Request) -> JSONResponse:
         files = await self._bodies.files(request)
@@ -197,10 +198,10 @@ class Gateway:
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise HttpError(401, "admin API needs Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
 
-    @http.post("/admin/models/{name}/versions/{version}/load")
-    async def admin_load(self, name: str, version: str, request: Request) -> JSONResponse:
+    async def admin_load(self, request: Request) -> JSONResponse:
         """Load and check a version (warm-up batch, finite outputs); only a passing version can take traffic."""
         self._authorize(request)
+        name, version = request.path_params["name"], request.path_params["version"]
         ref = self._resolve(name, version)
         self._start_pushing_metrics()
         try:
@@ -216,9 +217,9 @@ class Gateway:
         body = {"model": name, "version": version, "state": state.state}
         return JSONResponse(body | ({"error": state.error} if state.error else {}), 200 if state.routable else 422)
 
-    @http.delete("/admin/models/{name}/versions/{version}")
-    async def admin_retire(self, name: str, version: str, request: Request) -> JSONResponse:
+    async def admin_retire(self, request: Request) -> JSONResponse:
         self._authorize(request)
+        name, version = request.path_params["name"], request.path_params["version"]
         ref = self._resolve(name, version)
         try:
             await self._control.retire.remote(ref)
@@ -227,18 +228,18 @@ class Gateway:
         await self._view.refresh(force=True)
         return JSONResponse({"model": name, "version": version, "state": "retired"})
 
-    @http.get("/admin/models/{name}/routing")
-    async def admin_get_routing(self, name: str, request: Request) -> JSONResponse:
+    async def admin_get_routing(self, request: Request) -> JSONResponse:
         self._authorize(request)
+        name = request.path_params["name"]
         await self._view.refresh(force=True)
         policy = self._snapshot.routing.get(name, RoutingPolicy())
         states = {v: s.model_dump(exclude_none=True) for v, s in self._snapshot.states_of(name).items()}
         held = [ref.version for ref in await self._scorer.loaded() if ref.name == name]
         return JSONResponse({"model": name, "routing": policy.model_dump(), "versions": states, "loaded": held})
 
-    @http.put("/admin/models/{name}/routing")
-    async def admin_put_routing(self, name: str, request: Request) -> JSONResponse:
+    async def admin_put_routing(self, request: Request) -> JSONResponse:
         self._authorize(request)
+        name = request.path_params["name"]
         self._resolve(name, None)
         try:
             body = await self._bodies.body(request)
@@ -291,12 +292,12 @@ class Gateway:
         finally:
             self._loading.discard(ref)
 
-    async def _observed(self, endpoint: str, name: str, version: str | None, request: Request, handler: Handler) -> Any:
+    async def _observed(self, endpoint: str, request: Request, handler: Handler) -> Any:
         """Route, run ``handler(ref, request)`` and record the outcome and latency."""
         self._start_pushing_metrics()
         start, ref, status = time.perf_counter(), None, 500
         try:
-            ref = await self._route(name, version, request)
+            ref = await self._route(request.path_params["name"], version_of(request), request)
             response = await handler(ref, request)
             status = response.status_code
             return response
