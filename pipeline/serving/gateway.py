@@ -350,7 +350,8 @@ class Gateway:
         """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``."""
         timeout = request_timeout_s(request.headers, self._config.request_timeout_s)
         try:
-            return await asyncio.wait_for(self._score_now(ref, images, labels), timeout)
+            async with asyncio.timeout(timeout):  # a scope, not wait_for: no task of its own per request
+                return await self._score_now(ref, images, labels)
         except TimeoutError:
             raise HttpError(504, f"not scored within {timeout:g} s") from None
         except BackPressureError:
