@@ -215,6 +215,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="1,16,64", help="--serving: client counts (default 1,16,64)")
     parser.add_argument("--seconds", type=float, default=20, help="--serving: load per client count (default 20)")
     parser.add_argument("--rounds", type=int, default=4, help="--serving: interleaved rounds per app (default 4)")
+    parser.add_argument(
+        "--apps",
+        default="streamscore,peer,peer_on_serve,peer_on_serve_bare",
+        help="--serving: the apps to run, streamscore and peer among them (default all four)",
+    )
     parser.add_argument("--run-scenario", help=argparse.SUPPRESS)  # internal: inside a scenario subprocess
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -258,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
 
         batch = run_scenario("streamscore", cfg, args.timeout_s)
         concurrencies = [int(c) for c in args.concurrency.split(",")]
-        report = serving_report(cfg, concurrencies, args.seconds, max(1, args.rounds), batch)
+        apps = tuple(args.apps.split(","))
+        report = serving_report(cfg, concurrencies, args.seconds, max(1, args.rounds), batch, apps)
     else:
         report = run_benchmark(cfg, only, max(1, args.repeat), args.timeout_s)
         print(_table(report))
