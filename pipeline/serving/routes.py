@@ -4,7 +4,8 @@ The gateway is a plain Serve deployment whose ``__call__`` gets every request, n
 2 cores, the same endpoint on Serve answered 0.93x / 0.90x the requests/s of its FastAPI-free twin at 16 / 64
 clients (``benchmarks/serving_peer_on_serve.py`` with and without ``--bare``), FastAPI's middleware stack,
 routing and dependency solving taking about 30 % of a replica's event loop. Our handlers need none of it: they
-read their path parameters and the request themselves and answer a Starlette response.
+read their path parameters and the request themselves and answer a Starlette response. (For the gateway
+itself the gain was smaller than the machine's drift between runs: docs/performance.md.)
 """
 
 from __future__ import annotations
