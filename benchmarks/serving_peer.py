@@ -6,8 +6,9 @@
 One ONNX Runtime session per process (uvicorn's workers are processes), Pillow preprocessing from the model's
 manifest (resize the shorter side, centre crop, ``(x - mean) / std``), the request body a raw image, the
 answer the top-5 labels as JSON. The endpoint reads the body on the event loop and runs the work in
-Starlette's thread pool, where decoding and inference release the GIL, as a user's first version would. It has none of StreamScore's
-guarantees (no body limits, no decode-bomb limits, no version routing, no batching); it is the speed to beat.
+Starlette's thread pool, where decoding and inference release the GIL, as a user's first version would. It
+has none of StreamScore's guarantees (no body limits, no decode-bomb limits, no version routing, no
+batching); it is the speed to beat.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ request: no FastAPI, no routing), the leanest HTTP endpoint Serve can host: Serv
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route's annotations at run time, which Serve's
-# class-based views cannot resolve from strings (as in pipeline/serving/gateway.py).
+# class-based views cannot resolve from strings.
 import argparse
 import os
 import signal
@@ -38,29 +38,27 @@ async def _answer(score: Any, request: Request) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
 
-@serve.deployment(max_ongoing_requests=64)
-@serve.ingress(app)
-class PeerOnServe:
+class _Peer:
+    """Holds the peer's scoring function, loaded for ``model_dir`` in the replica."""
+
     def __init__(self, model_dir: str) -> None:
         os.environ["STREAMSCORE_PEER_MODEL_DIR"] = model_dir
         from benchmarks import serving_peer
 
         self._score = serving_peer.score_image
 
+
+@serve.deployment(max_ongoing_requests=64)
+@serve.ingress(app)
+class PeerOnServe(_Peer):
     @app.post("/predict/{model}")
     async def predict(self, model: str, request: Request) -> JSONResponse:
         return await _answer(self._score, request)
 
 
 @serve.deployment(max_ongoing_requests=64)
-class BarePeerOnServe:
+class BarePeerOnServe(_Peer):
     """The same endpoint without FastAPI: every request to the app, whatever its path, scores its body."""
-
-    def __init__(self, model_dir: str) -> None:
-        os.environ["STREAMSCORE_PEER_MODEL_DIR"] = model_dir
-        from benchmarks import serving_peer
-
-        self._score = serving_peer.score_image
 
     async def __call__(self, request: Request) -> JSONResponse:
         return await _answer(self._score, request)

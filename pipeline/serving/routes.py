@@ -26,13 +26,10 @@ class Routes:
     """Routes in the order added; ``{name}`` in a template matches one path segment (Starlette's syntax)."""
 
     def __init__(self) -> None:
-        self._routes: list[tuple[Route, Endpoint]] = []
+        self._routes: list[Route] = []
 
     def add(self, method: str, path: str, endpoint: Endpoint) -> None:
-        async def unused(_: Request) -> Response:  # Starlette's Route wants one; we call ``endpoint`` ourselves
-            raise NotImplementedError
-
-        self._routes.append((Route(path, unused, methods=[method]), endpoint))
+        self._routes.append(Route(path, endpoint, methods=[method]))  # only matched: we call ``endpoint`` ourselves
 
     async def answer(self, request: Request) -> Response:
         """The route's answer; a request refused (``HttpError``, or Starlette's own refusals) gets its status
@@ -48,10 +45,11 @@ class Routes:
         """The endpoint for ``request``, its path parameters put in ``request.path_params``. 404 for a path no
         route has; 405 (with ``Allow``) for a path that routes have, for other methods."""
         allowed: set[str] = set()
-        for route, endpoint in self._routes:
+        for route in self._routes:
             match, child = route.matches(request.scope)
             if match is Match.FULL:
                 request.scope["path_params"] = child["path_params"]
+                endpoint: Endpoint = route.endpoint
                 return endpoint
             if match is Match.PARTIAL:  # the path, not the method
                 allowed |= route.methods or set()
