@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, the cluster and what INPUT is: shared by ``score`` and ``nightly``."""
-    parser.add_argument("--model", required=True, help="NAME or NAME:VERSION (the latest version if omitted)")
+    parser.add_argument("--model", required=True, help="NAME or NAME:VERSION (NAME: its default version, see models list)")
     console.add_models_dir(parser)
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray for this run)")
     parser.add_argument(

@@ -1,6 +1,8 @@
-"""``streamscore models``: list the repository, add your own ONNX model, make an INT8 version of one.
+"""``streamscore models``: list the repository, promote a default version, add your own ONNX model, make an INT8
+version of one.
 
 example: streamscore models list
+example: streamscore models promote efficientnet-lite0:2
 example: streamscore models add resnet18 resnet18.onnx --preset imagenet --labels imagenet_labels.txt
 example: streamscore models add clip-vision:1 vision.onnx --preset imagenet --task embedding --l2-normalize
 example: streamscore models quantize efficientnet-lite0:1
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
-from common.errors import ConfigError
+from common.errors import ConfigError, ModelNotFoundError
 from jobs import console
 from operators.resize import Interpolation
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from pipeline.models import ModelVersion
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
+_PROMOTE_HELP = "make the new version the model's default (without it, NAME keeps meaning what it meant)"
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -49,6 +52,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     console.add_models_dir(listing)
     listing.set_defaults(models_handler=_list)
 
+    promote = commands.add_parser(
+        "promote",
+        help="make a version what NAME means (score, nightly, serve)",
+        formatter_class=_FORMAT,
+        description="Set NAME's default version, after checking that it loads. NAME without a version means the "
+        "default for every command and the Serve app (at deploy); with none promoted, the highest numeric version. "
+        "The pointer is written atomically, on any filesystem the repository is on.",
+        epilog="example: streamscore models promote efficientnet-lite0:2",
+    )
+    promote.add_argument("model", metavar="NAME:VERSION", help="the version to make the default")
+    console.add_models_dir(promote)
+    promote.set_defaults(models_handler=_promote)
+
     presets = "\n".join(f"  {name}: {preset.description}" for name, preset in PRESETS.items())
     add = commands.add_parser(
         "add", help="add an ONNX model as a new, checked version", formatter_class=_FORMAT,
@@ -75,6 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add.add_argument("--l2-normalize", action="store_true", help="embeddings: scale each vector to unit length")
     add.add_argument("--source", default="", help="where the model came from, for the manifest")
+    add.add_argument("--promote", action="store_true", help=_PROMOTE_HELP)
     console.add_models_dir(add)
     add.set_defaults(models_handler=_add)
 
@@ -110,9 +127,29 @@ def _list(args: argparse.Namespace) -> int:
     if not names:
         print(f"no models in {root}", file=sys.stderr)
         return 1
-    print(f"models in {root}:")
+    print(f"models in {root} (*: the default version, what NAME means):")
     for name in names:
-        print(f"  {name}: versions {', '.join(repository.versions(name))}")
+        versions = repository.versions(name)
+        try:
+            default: str | None = repository.resolve_version(name, None)
+        except ModelNotFoundError:
+            default = None  # several named versions and none promoted: NAME means nothing yet
+        marked = ", ".join(f"{v}*" if v == default else v for v in versions)
+        why = "promoted" if repository.default_version(name) else "none promoted: the highest numeric version"
+        print(f"  {name}: versions {marked}" + (f" ({why})" if default else " (no default: promote one)"))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from pipeline.model_ref import ModelRef
+    from pipeline.models import ModelRepository
+
+    root = console.models_dir(args)
+    ref = ModelRef.parse(args.model)
+    repository = ModelRepository(root)
+    before = repository.default_version(ref.name) if ref.name in repository.names() else None
+    model = repository.promote(ref)
+    print(f"{model.name} now means {model.name}:{model.version}" + (f" (was {before})" if before else ""))
     return 0
 
 
@@ -135,8 +172,8 @@ def _add(args: argparse.Namespace) -> int:
         l2_normalize=args.l2_normalize, source=args.source,
     )  # fmt: skip
     root = _local_root(args)
-    model = add_model(root, ModelRef.parse(args.model), args.onnx, request, args.labels)
-    print(f"added {model.name}:{model.version} to {root}")
+    model = add_model(root, ModelRef.parse(args.model), args.onnx, request, args.labels, promote=args.promote)
+    print(f"added {model.name}:{model.version} to {root}" + (" as its default" if args.promote else ""))
     print(describe(model))
     return 0
 

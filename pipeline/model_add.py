@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.errors import ConfigError, ModelLoadError
+from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from operators.resize import Interpolation
 from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 from pipeline.model_ref import ModelRef
@@ -207,9 +207,15 @@ def warm_up_image(height: int, width: int) -> bytes:
 
 
 def add_model(
-    repository_root: Path, ref: ModelRef, onnx_path: Path, request: AddRequest, labels_path: Path | None = None
+    repository_root: Path,
+    ref: ModelRef,
+    onnx_path: Path,
+    request: AddRequest,
+    labels_path: Path | None = None,
+    promote: bool = False,
 ) -> ModelVersion:
-    """Add ``onnx_path`` as ``ref`` (the next version when ``ref`` names none) and return the checked version."""
+    """Add ``onnx_path`` as ``ref`` (the next version when ``ref`` names none) and return the checked version;
+    it becomes the model's default only with ``promote`` (see ``publish_version``)."""
     started = time.perf_counter()
     if not onnx_path.is_file():
         raise ConfigError(f"no ONNX file at {onnx_path}")
@@ -232,7 +238,7 @@ def add_model(
             (folder / spec.labels_file).write_text("\n".join(labels) + "\n", encoding="utf-8")
         (folder / MANIFEST_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
 
-    added = publish_version(repository_root, ref, write)
+    added = publish_version(repository_root, ref, write, promote)
     logger.info("added %s from %s in %.1f s", ref, onnx_path, time.perf_counter() - started)
     return added
 
@@ -245,9 +251,16 @@ def new_version_ref(repository_root: Path, ref: ModelRef) -> ModelRef:
     return ModelRef(name=ref.name, version=version)
 
 
-def publish_version(repository_root: Path, ref: ModelRef, write: Callable[[Path], None]) -> ModelVersion:
+def publish_version(
+    repository_root: Path, ref: ModelRef, write: Callable[[Path], None], promote: bool = False
+) -> ModelVersion:
     """Have ``write`` fill a hidden staging folder, load what it wrote as ``ref`` and score a warm-up image,
-    then rename the folder into place. Anything failing leaves no version (nor a new, empty model) behind."""
+    then rename the folder into place. Anything failing leaves no version (nor a new, empty model) behind.
+
+    A new version does not change what ``NAME`` means unless ``promote``: where the model has no default yet,
+    the version ``NAME`` meant until now is pinned as its default before the new one appears (else a new "2"
+    would become the highest numeric version, and batch, nightly and Serve would score it unasked).
+    """
     from pipeline.graph import graph_for_model
     from pipeline.options import ScoringOptions
 
@@ -257,9 +270,10 @@ def publish_version(repository_root: Path, ref: ModelRef, write: Callable[[Path]
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{ref.version}.adding-", dir=final.parent))  # hidden: not a version
     staging.chmod(0o755)  # mkdtemp's 0700 would keep the version from a Ray worker running as another user
+    repository = ModelRepository(str(repository_root))
     try:
         write(staging)
-        model = ModelRepository(str(repository_root)).load_folder(str(staging), ref)
+        model = repository.load_folder(str(staging), ref)
         spec = model.manifest.input
         table = graph_for_model(model, ScoringOptions()).run([warm_up_image(spec.height, spec.width)])
         error = table.column("error")[0].as_py()
@@ -267,10 +281,24 @@ def publish_version(repository_root: Path, ref: ModelRef, write: Callable[[Path]
         values = [v if isinstance(v, float) else v["score"] for v in answer] if answer else []
         if error is not None or not np.isfinite(values).all():
             raise ModelLoadError(f"{ref} failed on its warm-up image: {error or 'non-finite outputs'}")
+        if not new_model and not promote:
+            _pin_current_default(repository, ref.name)
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if new_model:  # a first version that failed leaves no empty model behind
             shutil.rmtree(final.parent, ignore_errors=True)
         raise
-    return ModelRepository(str(repository_root)).load(ref)
+    return repository.promote(ref) if promote else repository.load(ref)
+
+
+def _pin_current_default(repository: ModelRepository, name: str) -> None:
+    """Record what ``name`` means now as its default, if nothing was promoted (nothing to pin when it has only
+    several named versions: ``NAME`` means nothing there until one is promoted)."""
+    if repository.default_version(name) is not None:
+        return
+    try:
+        current = repository.resolve_version(name, None)
+    except ModelNotFoundError:
+        return
+    repository.promote(ModelRef(name=name, version=current))

@@ -1,4 +1,4 @@
-"""A reference to a model in the repository: a name and, optionally, a version (None: the latest).
+"""A reference to a model in the repository: a name and, optionally, a version (None: the model's default).
 
 Names and versions become path components, so both are held to a safe alphabet: ``../x`` or ``a/b`` cannot
 escape the repository. Code passes ``ModelRef`` values around; ``"name:version"`` text is parsed once, where
@@ -26,7 +26,7 @@ def check_id(kind: str, value: str) -> str:
 
 
 class ModelRef(BaseModel):
-    """``name`` plus ``version`` (None: whichever version is latest when it is resolved)."""
+    """``name`` plus ``version`` (None: the model's default when it is resolved; ``ModelRepository.resolve_version``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,7 +1,9 @@
-"""The model repository: ``<root>/<name>/<version>/{model.onnx, manifest.json, labels.txt}``.
+"""The model repository: ``<root>/<name>/<version>/{model.onnx, manifest.json, labels.txt}``, plus each model's
+default version (``<root>/<name>/_default.json``, see ``pipeline/default_version.py``).
 
 The root is a local folder or any pyarrow/fsspec URI. Loading a version validates its manifest and checks
 the ONNX graph's input and output against it, so a mismatch fails the job before any image is read.
+``NAME`` without a version means one thing for every command and the Serve app: ``resolve_version``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 
 from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from common.filesystems import join, resolve
+from pipeline.default_version import read_default, write_default
 from pipeline.manifest import ModelManifest
 from pipeline.model_ref import ModelRef, check_id
 
@@ -54,17 +57,19 @@ class ModelVersion:
 
 
 class ModelRepository:
-    """Read-only access to a model repository root."""
+    """A model repository root: its versions (read-only) and each model's default version."""
 
     def __init__(self, root: str, filesystem: pafs.FileSystem | None = None, listing_ttl_s: float = 0.0) -> None:
-        """``listing_ttl_s``: how long a folder's listing is reused. The Serve gateway resolves a version for
-        every request, and on an object store each listing is a request of its own; a version asked for by
-        name that the reused listing lacks is looked for afresh, so a version just added is found at once."""
+        """``listing_ttl_s``: how long a folder's listing and a model's default are reused. The Serve gateway
+        resolves a version for every request, and on an object store each listing is a request of its own; a
+        version asked for by name that the reused listing lacks is looked for afresh, so a version just added
+        is found at once."""
         self.root = root
         self._fs, self._root_path = resolve(root, filesystem)
         self._uri_root = root if "://" in root else self._root_path
         self._listing_ttl_s = listing_ttl_s
         self._listings: dict[str, tuple[float, list[str]]] = {}
+        self._defaults: dict[str, tuple[float, str | None]] = {}
 
     def _children(self, path: str, fresh: bool = False) -> list[str]:
         listed = self._listings.get(path)
@@ -89,9 +94,21 @@ class ModelRepository:
         versions = self._children(join(self._root_path, name), fresh)
         return sorted(versions, key=_version_key)
 
+    def default_version(self, name: str, fresh: bool = False) -> str | None:
+        """The version promoted as ``name``'s default, or None when none was."""
+        check_id("name", name)
+        cached = self._defaults.get(name)
+        if cached is not None and not fresh and time.monotonic() - cached[0] < self._listing_ttl_s:
+            return cached[1]
+        version = read_default(self._fs, join(self._root_path, name))
+        if self._listing_ttl_s:
+            self._defaults[name] = (time.monotonic(), version)
+        return version
+
     def resolve_version(self, name: str, version: str | None) -> str:
-        """``version`` if ``name`` has it, or the latest (highest) version for None: the one meaning of
-        "latest" (numeric versions in numeric order, named ones after them by name)."""
+        """``version`` if ``name`` has it; for None, what ``NAME`` means everywhere: its default version if one
+        was promoted, else its highest numeric version, else its only version. Named versions (``exp``) are
+        never chosen by their name's sort order: a model with only several named ones needs a default."""
         versions = self.versions(name)
         if self._listing_ttl_s and (not versions or (version is not None and version not in versions)):
             versions = self.versions(name, fresh=True)
@@ -99,12 +116,39 @@ class ModelRepository:
             raise ModelNotFoundError(
                 f"no model {name!r} in repository {self.root!r}; models there: {', '.join(self.names()) or 'none'}"
             )
-        if version is None:
-            return versions[-1]
-        check_id("version", version)
-        if version not in versions:
-            raise ModelNotFoundError(f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}")
-        return version
+        if version is not None:
+            check_id("version", version)
+            if version not in versions:
+                raise ModelNotFoundError(f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}")
+            return version
+        default = self.default_version(name)
+        if default is not None:
+            if default not in versions and default not in self.versions(name, fresh=True):
+                raise ModelNotFoundError(
+                    f"{name!r}'s default version {default!r} is not in the repository (versions: "
+                    f"{', '.join(versions)}); promote one: streamscore models promote {name}:VERSION"
+                )
+            return default
+        numeric = [v for v in versions if v.isdigit()]
+        if numeric:
+            return numeric[-1]
+        if len(versions) == 1:
+            return versions[0]
+        raise ModelNotFoundError(
+            f"{name!r} has no default version and no numeric one to fall back on (versions: {', '.join(versions)}); "
+            f"name one ({name}:VERSION) or promote one: streamscore models promote {name}:VERSION"
+        )
+
+    def promote(self, ref: ModelRef) -> ModelVersion:
+        """Make ``ref`` (which must name a version) its model's default, after checking that it loads: from
+        then on ``NAME`` means it for ``score``, ``nightly``, ``serve`` (at deploy) and the gateway."""
+        if ref.version is None:
+            raise ConfigError(f"promote names a version: {ref.name}:VERSION")
+        model = self.load(ref)
+        write_default(self._fs, join(self._root_path, ref.name), model.version)
+        self._defaults.pop(ref.name, None)
+        logger.info("promoted %s:%s to %s's default version", ref.name, model.version, ref.name)
+        return model
 
     def _read_text(self, path: str) -> str:
         try:
@@ -114,8 +158,8 @@ class ModelRepository:
             raise ModelLoadError(f"missing file {path}") from None
 
     def load(self, ref: ModelRef | str, check_graph: bool = True) -> ModelVersion:
-        """Load ``ref`` (its latest version when it names none): manifest, labels, and (by default) a check of
-        the ONNX graph against them."""
+        """Load ``ref`` (``resolve_version``'s choice when it names no version): manifest, labels, and (by
+        default) a check of the ONNX graph against them."""
         ref = ref if isinstance(ref, ModelRef) else ModelRef.parse(ref)
         version = self.resolve_version(ref.name, ref.version)
         return self.load_folder(

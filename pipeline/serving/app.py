@@ -41,7 +41,7 @@ def build_app(config: ServeConfig) -> Any:
         "max_queued_requests": config.max_queued_requests,
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1),
     }
-    routing = routing_with_latest_pinned(config)
+    routing = routing_with_defaults_pinned(config)
     warm = [ModelRef(name=name, version=v) for name, policy in routing.items() for v in sorted(policy.versions())]
     if len(warm) > config.max_cached_versions:
         # Each replica must hold every routed version to be ready; fewer slots would evict one for another.
@@ -66,8 +66,9 @@ def build_app(config: ServeConfig) -> Any:
     )
 
 
-def routing_with_latest_pinned(config: ServeConfig) -> dict[str, RoutingPolicy]:
-    """The configured routing, plus each other model's latest version at deploy time taking all its traffic.
+def routing_with_defaults_pinned(config: ServeConfig) -> dict[str, RoutingPolicy]:
+    """The configured routing, plus each other model's default version at deploy time (what ``NAME`` means for
+    every command: ``ModelRepository.resolve_version``) taking all its traffic.
 
     Pinned, a version added to the repository later takes traffic only after ``admin load`` has checked it
     and the routing names it (an explicit version in the request still reaches it).

@@ -74,7 +74,7 @@ class ServeConfig(BaseModel):
     # the model.
     preprocess_autoscaling: dict[str, Any] | None = None
     scorer_autoscaling: dict[str, Any] | None = None
-    # Per model; models without a policy send all traffic to their latest version at deploy time.
+    # Per model; models without a policy send all traffic to their default version at deploy time.
     routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
     # Admin API bearer token. None: the admin API answers 403.
     admin_token: str | None = None

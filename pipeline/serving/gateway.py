@@ -261,7 +261,7 @@ class Gateway:
 
     def _routed(self) -> list[ModelRef]:
         """Every version some routing policy can send traffic to (a model without one, added after the deploy
-        pinned the others: its latest)."""
+        pinned the others: its default version)."""
         refs = []
         for name in self._repository.names():
             policy = self._snapshot.routing.get(name, RoutingPolicy())
@@ -325,7 +325,7 @@ class Gateway:
         return self._view.snapshot
 
     async def _route(self, name: str, version: str | None, request: Request) -> ModelRef:
-        """An explicit version always wins; otherwise the model's routing policy picks (latest if none)."""
+        """An explicit version always wins; otherwise the model's routing policy picks (the default version if none)."""
         await self._view.refresh()
         policy = self._snapshot.routing.get(name)
         if version is None and policy is not None:
@@ -339,7 +339,7 @@ class Gateway:
         return ref
 
     def _resolve(self, name: str, version: str | None) -> ModelRef:
-        """The pinned version ``version`` of ``name`` (its latest for None); 404 when there is none."""
+        """The version ``version`` of ``name`` (its default for None); 404 when there is none."""
         try:
             ref = ModelRef(name=name, version=version)
             return ref.at(self._repository.resolve_version(ref.name, ref.version))

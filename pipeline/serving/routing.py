@@ -23,7 +23,7 @@ class HeaderRule(BaseModel):
 
 
 class RoutingPolicy(BaseModel):
-    """``weights`` (version -> weight, any positive scale); empty weights mean the latest version."""
+    """``weights`` (version -> weight, any positive scale); empty weights mean the model's default version."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,7 +44,7 @@ class RoutingPolicy(BaseModel):
         return {v for v, w in self.weights.items() if w > 0} | {r.version for r in self.rules}
 
     def choose(self, headers: Mapping[str, str], rng: random.Random) -> str | None:
-        """The version for a request without an explicit one; None means the latest."""
+        """The version for a request without an explicit one; None means the default version."""
         lowered = {k.lower(): v for k, v in headers.items()}
         for rule in self.rules:
             if lowered.get(rule.header.lower()) == rule.equals:
