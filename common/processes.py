@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import psutil
 
 
 def process_exists(pid: int) -> bool:
-    """True while ``pid`` names a process (one we may not signal counts); False for pid <= 0."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """True while ``pid`` names a process (one we may not signal counts); False for pid <= 0 (which psutil
+    would take for the kernel's idle task)."""
+    return pid > 0 and psutil.pid_exists(pid)

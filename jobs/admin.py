@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 
 from common.errors import ConfigError
+from jobs.exit_codes import ExitCode
 from jobs.serve import DEFAULT_PORT
 
 
@@ -82,5 +83,5 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(body, indent=2))
     if status >= 400:
         print(f"streamscore: admin call failed with HTTP {status}", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.FAILED
+    return ExitCode.OK

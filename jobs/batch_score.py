@@ -27,6 +27,7 @@ from pydantic import ValidationError  # noqa: E402
 
 from common.errors import ConfigError, ErrorBudgetExceeded  # noqa: E402
 from jobs import console  # noqa: E402
+from jobs.exit_codes import ExitCode  # noqa: E402
 from jobs.options import add_scoring_options, described, scoring_options  # noqa: E402
 from pipeline.planner import POOL_GROWTH, ResourceOverrides  # noqa: E402
 from pipeline.sources import Source, SourceKind, detect_source  # noqa: E402
@@ -58,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The model, the cluster and what INPUT is: shared by ``score`` and ``nightly``."""
-    parser.add_argument("--model", required=True, help="NAME or NAME:VERSION (NAME: its default version, see models list)")
+    parser.add_argument(
+        "--model", required=True, help="NAME or NAME:VERSION (NAME: its default version, see models list)"
+    )
     console.add_models_dir(parser)
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray for this run)")
     parser.add_argument(
@@ -230,10 +233,10 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
         progress.close()
         _report(exc.summary, args)  # type: ignore[arg-type]  # the output is complete; say what is in it, then fail
         print(f"streamscore: {exc}", file=sys.stderr)
-        return 3
+        return ExitCode.ERROR_BUDGET_EXCEEDED
     progress.close()
     _report(summary, args)
-    return 0
+    return ExitCode.OK
 
 
 def _report(summary: RunSummary, args: argparse.Namespace) -> None:

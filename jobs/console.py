@@ -2,7 +2,7 @@
 
 ``run_command`` turns a StreamScoreError (bad arguments, model, input or settings, found before any data is
 read where possible; a worker that died) into one line and exit 2, and Ctrl-C into one line and exit 130.
-Commands return their own status otherwise (0 done; ``score`` 3 when the error budget was exceeded).
+Commands return their own status otherwise; ``jobs/exit_codes.py`` lists them all.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.errors import StreamScoreError
+from jobs.exit_codes import ExitCode
 from pipeline.models import MODELS_DIR_ENV, find_models_dir
 
 logger = logging.getLogger("streamscore")
@@ -83,10 +84,10 @@ def run_command(command: Callable[[], int]) -> int:
         return command()
     except StreamScoreError as exc:
         print(f"streamscore: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.ERROR
     except KeyboardInterrupt:
         _say_interrupted()
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def _on_interrupt(signum: int, frame: object) -> None:
@@ -115,30 +116,13 @@ def _say_interrupted() -> None:
 
 def _exit_now() -> None:
     """Stop the processes this command started (a local Ray instance) and exit with 130, skipping clean-up."""
+    import psutil
+
     _say_interrupted()
-    for pid in descendants(os.getpid()):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    os._exit(130)
-
-
-def descendants(root: int) -> list[int]:
-    """Every process started under ``root`` (Linux ``/proc``; elsewhere none are known)."""
-    children: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    ppid = int(Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue  # exited meanwhile
-                children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    os._exit(ExitCode.INTERRUPTED)
 
 
 def connect_ray(address: str | None, num_cpus: int | None = None) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, get_args
 
 from common.errors import ConfigError, ModelNotFoundError
 from jobs import console
+from jobs.exit_codes import ExitCode
 from operators.resize import Interpolation
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def _list(args: argparse.Namespace) -> int:
     names = repository.names()
     if not names:
         print(f"no models in {root}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(f"models in {root} (*: the default version, what NAME means):")
     for name in names:
         versions = repository.versions(name)

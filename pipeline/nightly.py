@@ -63,8 +63,8 @@ DEFAULT_SHARD_ROWS = 500
 # A claimant on another host counts as gone once its heartbeat is this old.
 LEASE_TIMEOUT_S = 120.0
 HEARTBEAT_S = 15.0
-# Test hook (documented in the README): SIGKILL this process at one point of a run, as a crash would.
-FAULT_ENV = "STREAMSCORE_NIGHTLY_FAULT"
+# Where a run can be made to SIGKILL itself, as a crash would (``NightlyJob.fault_point``; the resume tests).
+FAULT_POINTS = ("after_claim", "after_shards=N", "before_commit", "after_commit")
 
 
 class RunInProgressError(StreamScoreError):
@@ -87,6 +87,9 @@ class NightlyJob:
     # machine of its own. "ray": Ray Data, on the cluster the caller connected to.
     executor: Literal["local", "ray"] = "ray"
     processes: int | None = None  # local: scoring processes (None: one per core)
+    # Test hook: SIGKILL this process at this point of a run (one of FAULT_POINTS, N a number), as a crash would.
+    # Configuration like the rest: ``jobs/nightly.py`` reads it from the environment, the library never does.
+    fault_point: str | None = None
 
 
 @dataclass
@@ -149,12 +152,6 @@ def run_nightly(job: NightlyJob, on_progress: Callable[[int], None] | None = Non
     return reports
 
 
-def _fault(point: str) -> None:
-    if os.environ.get(FAULT_ENV) == point:
-        logger.warning("test hook %s=%s: killing this process", FAULT_ENV, point)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class _Runner:
     def __init__(self, job: NightlyJob, on_progress: Callable[[int], None] | None) -> None:
         self.job = job
@@ -166,6 +163,11 @@ class _Runner:
         self.model = job.graph.model
         self._planned: ResourcePlan | None = None
         self._shards_written = 0  # by this process, over all its runs (the test hook counts these)
+
+    def _fault(self, point: str) -> None:
+        if self.job.fault_point == point:
+            logger.warning("test hook fault_point=%s: killing this process", point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _plan(self) -> ResourcePlan:
         if self._planned is None:
@@ -198,7 +200,7 @@ class _Runner:
             self.table.claim(self.job.job_id, run, {"run": str(run), "frozen": digest, **claimant()})
         except RunTakenError as exc:
             raise RunInProgressError(f"another run of this job started run {run} first: {exc}") from None
-        _fault("after_claim")
+        self._fault("after_claim")
         return self._score_and_commit(run, frozen, digest, report, start)
 
     # ------------------------------------------------------------------ resuming a claimed run
@@ -262,7 +264,7 @@ class _Runner:
                     ) from exc.__cause__
         finally:
             heartbeat.stop()
-        _fault("before_commit")
+        self._fault("before_commit")
         rows = self._committed_rows(run, frozen, shard_dir, shards.count)
         report.errors_by_reason = _errors_by_reason(rows)
         try:
@@ -272,7 +274,7 @@ class _Runner:
             report.outcome = "committed"
         except RunTakenError:
             report.outcome = "committed by another run"
-        _fault("after_commit")
+        self._fault("after_commit")
         self._delete_dir(self._run_dir(run))
         report.wall_s = time.perf_counter() - start
         return report
@@ -289,7 +291,7 @@ class _Runner:
         for index, rows in shards.add(table):
             self._write_atomically(shard_path(shard_dir, index), rows)
             self._shards_written += 1
-            _fault(f"after_shards={self._shards_written}")
+            self._fault(f"after_shards={self._shards_written}")
         if self.on_progress is not None:
             self.on_progress(report.scored_now)
 

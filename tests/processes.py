@@ -19,10 +19,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.console import descendants  # noqa: F401 - the CLI's own process-tree walk, for the kill tests
 from tests.conftest import REPO
 
 DEMO_IMAGES = REPO / "jobs" / "demo_images"
@@ -32,6 +32,14 @@ SCRIPTS = Path(sysconfig.get_path("scripts"))  # where pip put the `ray` and `st
 
 # Without these, a developer's shell could point a run at some other cluster or token.
 _RAY_CLIENT_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def descendants(root: int) -> list[int]:
+    """Every process started under ``root`` that still runs (psutil's walk, as the CLI's Ctrl-C uses)."""
+    try:
+        return [child.pid for child in psutil.Process(root).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def clean_env(**updates: str) -> dict[str, str]:
