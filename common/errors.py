@@ -47,6 +47,14 @@ class WorkerCrashedError(StreamScoreError):
     """A process doing the work died (killed for memory, a crash in native code); the run cannot finish."""
 
 
+class HttpError(StreamScoreError):
+    """A request the Serve app refuses: answered with ``status`` and ``{"error": message}`` (never a 500)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
 class ErrorBudgetExceeded(StreamScoreError):
     """More rows failed than the user allowed (``max_error_fraction``); ``summary`` is the finished run's."""
 

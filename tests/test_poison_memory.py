@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import HttpError
 from pipeline.graph import Stage, build_graph
-from pipeline.serving.http_body import HttpError
 from pipeline.serving.poison import PoisonMemory, image_digest
 
 

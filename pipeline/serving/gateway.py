@@ -1,4 +1,5 @@
-"""The HTTP gateway: Open Inference Protocol (V2) routes, ``/predict`` for people, admin routes, metrics.
+"""The HTTP gateway: Open Inference Protocol (V2) routes, ``/predict`` for people, metrics; admin routes from
+``admin.py``.
 
 It also preprocesses (decode, resize, crop: CPU work that scales with requests, like the HTTP parsing) and sends
 uint8 pixels to the scorer, so a request makes one hop between deployments. Every scoring response names the
@@ -8,7 +9,6 @@ version that served it, in the body and in ``X-Model-Version``. Bad requests get
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import random
 import threading
@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError
@@ -27,13 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from common.errors import ConfigError, StreamScoreError
+from common.errors import ConfigError, HttpError, StreamScoreError
 from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository
 from pipeline.serving import v2
+from pipeline.serving.admin import AdminRoutes
+from pipeline.serving.auth import BearerAuth
 from pipeline.serving.config import ServeConfig
-from pipeline.serving.control import ControlSnapshot, ControlView, VersionState
-from pipeline.serving.http_body import BodyReader, HttpError, request_timeout_s
+from pipeline.serving.control import ControlView
+from pipeline.serving.http_body import BodyReader, request_timeout_s
 from pipeline.serving.metrics import GatewayMetrics, push_forever
 from pipeline.serving.poison import PoisonMemory
 from pipeline.serving.request_limits import check_request_images
@@ -46,7 +47,7 @@ Handler = Callable[[ModelRef, Request], Awaitable[JSONResponse]]
 
 
 @serve.deployment
-class Gateway:
+class Gateway(AdminRoutes):
     def __init__(
         self, config: ServeConfig, scorer: Any | None, control: Any, metrics_hub: Any, warm: list[ModelRef]
     ) -> None:
@@ -56,6 +57,7 @@ class Gateway:
         self._repository = ModelRepository(config.models_dir, listing_ttl_s=1.0)
         self._graphs = GraphCache(config, "preprocess")
         self._bodies = BodyReader(config.body_limits(), config.max_concurrent_body_reads)
+        self._auth = BearerAuth(config.admin_token)
         self._poison = PoisonMemory.for_config(config)
         # Its own bounded pool (not asyncio's default, sized by the machine's cores): what bounds decode memory.
         self._decoders = ThreadPoolExecutor(config.decode_threads, thread_name_prefix="streamscore-decode")
@@ -189,72 +191,6 @@ class Gateway:
         ]
         return self._answer({"model": ref.name, "model_version": ref.version, "predictions": predictions}, ref)
 
-    # ------------------------------------------------------------------ admin
-    def _authorize(self, request: Request) -> None:
-        token = self._config.admin_token
-        if not token:
-            raise HttpError(403, "admin API disabled: set STREAMSCORE_ADMIN_TOKEN or admin_token in the config")
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HttpError(401, "admin API needs Authorization: Bearer <token>", {"WWW-Authenticate": "Bearer"})
-
-    async def admin_load(self, request: Request) -> JSONResponse:
-        """Load and check a version (warm-up batch, finite outputs); only a passing version can take traffic."""
-        self._authorize(request)
-        name, version = request.path_params["name"], request.path_params["version"]
-        ref = self._resolve(name, version)
-        self._start_pushing_metrics()
-        try:
-            await self._scorer.check(ref)
-            await asyncio.to_thread(self._graphs.get, ref)
-            state = VersionState()
-        except StreamScoreError as exc:  # cannot load, or scores badly: reported, never served
-            message = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
-            state = VersionState(state="failed", error=message)
-        await self._control.set_state.remote(ref, state)
-        await self._view.refresh(force=True)
-        self._metrics.version_checks.labels(name, version, "ok" if state.routable else "failed").inc()
-        body = {"model": name, "version": version, "state": state.state}
-        return JSONResponse(body | ({"error": state.error} if state.error else {}), 200 if state.routable else 422)
-
-    async def admin_retire(self, request: Request) -> JSONResponse:
-        self._authorize(request)
-        name, version = request.path_params["name"], request.path_params["version"]
-        ref = self._resolve(name, version)
-        try:
-            await self._control.retire.remote(ref)
-        except ConfigError as exc:
-            raise HttpError(409, str(exc)) from None
-        await self._view.refresh(force=True)
-        return JSONResponse({"model": name, "version": version, "state": "retired"})
-
-    async def admin_get_routing(self, request: Request) -> JSONResponse:
-        self._authorize(request)
-        name = request.path_params["name"]
-        await self._view.refresh(force=True)
-        policy = self._snapshot.routing.get(name, RoutingPolicy())
-        states = {v: s.model_dump(exclude_none=True) for v, s in self._snapshot.states_of(name).items()}
-        held = [ref.version for ref in await self._scorer.loaded() if ref.name == name]
-        return JSONResponse({"model": name, "routing": policy.model_dump(), "versions": states, "loaded": held})
-
-    async def admin_put_routing(self, request: Request) -> JSONResponse:
-        self._authorize(request)
-        name = request.path_params["name"]
-        self._resolve(name, None)
-        try:
-            body = await self._bodies.body(request)
-            policy = RoutingPolicy.model_validate_json(body)
-        except ValidationError as exc:
-            raise HttpError(400, f"bad routing policy: {exc}") from None
-        if missing := self._missing_versions(name, policy):
-            raise HttpError(404, f"routing names versions {missing} that {name!r} does not have")
-        try:
-            await self._control.set_routing.remote(name, policy)
-        except ConfigError as exc:
-            raise HttpError(409, str(exc)) from None
-        await self._view.refresh(force=True)
-        return JSONResponse({"model": name, "routing": policy.model_dump()})
-
     # ------------------------------------------------------------------ helpers
     def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
         return sorted(policy.versions() - set(self._repository.versions(name, fresh=True)))
@@ -320,10 +256,6 @@ class Gateway:
                 push_forever(self._metrics_hub, self._replica, self._metrics)
             )
 
-    @property
-    def _snapshot(self) -> ControlSnapshot:
-        return self._view.snapshot
-
     async def _route(self, name: str, version: str | None, request: Request) -> ModelRef:
         """An explicit version always wins; otherwise the model's routing policy picks (the default version if none)."""
         await self._view.refresh()
@@ -368,6 +300,8 @@ class Gateway:
         try:
             loop = asyncio.get_running_loop()
             pixels, errors, scored = await loop.run_in_executor(self._decoders, self._work, ref, images, stop)
+        except HttpError:  # a refusal of this request (its limits, a known poison image): answered as it is
+            raise
         except StreamScoreError as exc:  # the version's files cannot be loaded here
             raise HttpError(503, f"version {ref.version} of {ref.name!r} cannot be loaded: {exc}") from None
         finally:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import HttpError
 from common.processes import process_exists
 from operators._rows import object_array
 from operators.base import ERROR
 from pipeline.graph import Abandoned, Stage
 from pipeline.serving.config import ServeConfig
-from pipeline.serving.http_body import HttpError
 
 COLLECT_EVERY_S = 1.0
 

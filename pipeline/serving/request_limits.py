@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from common.errors import HttpError
 from operators.decode import declared_pixels
 from pipeline.serving.config import ServeConfig
-from pipeline.serving.http_body import HttpError
 
 
 def check_request_images(images: Sequence[bytes], config: ServeConfig) -> None:

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from pipeline.serving.http_body import HttpError
+from common.errors import HttpError
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

@@ -1,0 +1,106 @@
+"""The admin routes of the gateway: load and check a version, retire one, read and set a model's routing.
+
+Kept apart from the scoring routes (``gateway.py``) because they change the app rather than use it: each
+checks the bearer token first (``auth.py``) and then acts through the control plane, which every gateway
+replica follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from common.errors import ConfigError, HttpError, StreamScoreError
+from pipeline.model_ref import ModelRef
+from pipeline.serving.auth import BearerAuth
+from pipeline.serving.control import ControlSnapshot, ControlView, VersionState
+from pipeline.serving.http_body import BodyReader
+from pipeline.serving.metrics import GatewayMetrics
+from pipeline.serving.routing import RoutingPolicy
+from pipeline.serving.scorer import GraphCache, ScorerClient
+
+
+class AdminRoutes:
+    """Mixed into the ``Gateway`` deployment, whose state these handlers use (declared here for the reader)."""
+
+    _auth: BearerAuth
+    _bodies: BodyReader
+    _control: Any  # the ControlPlane deployment's handle
+    _graphs: GraphCache
+    _metrics: GatewayMetrics
+    _scorer: ScorerClient
+    _view: ControlView
+
+    @property
+    def _snapshot(self) -> ControlSnapshot:
+        return self._view.snapshot
+
+    def _resolve(self, name: str, version: str | None) -> ModelRef:
+        raise NotImplementedError  # the gateway's
+
+    def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
+        raise NotImplementedError  # the gateway's
+
+    def _start_pushing_metrics(self) -> None:
+        raise NotImplementedError  # the gateway's
+
+    async def admin_load(self, request: Request) -> JSONResponse:
+        """Load and check a version (warm-up batch, finite outputs); only a passing version can take traffic."""
+        self._auth.check(request)
+        name, version = request.path_params["name"], request.path_params["version"]
+        ref = self._resolve(name, version)
+        self._start_pushing_metrics()
+        try:
+            await self._scorer.check(ref)
+            await asyncio.to_thread(self._graphs.get, ref)
+            state = VersionState()
+        except StreamScoreError as exc:  # cannot load, or scores badly: reported, never served
+            message = str(exc).strip().splitlines()[-1][:500] if str(exc).strip() else type(exc).__name__
+            state = VersionState(state="failed", error=message)
+        await self._control.set_state.remote(ref, state)
+        await self._view.refresh(force=True)
+        self._metrics.version_checks.labels(name, version, "ok" if state.routable else "failed").inc()
+        body = {"model": name, "version": version, "state": state.state}
+        return JSONResponse(body | ({"error": state.error} if state.error else {}), 200 if state.routable else 422)
+
+    async def admin_retire(self, request: Request) -> JSONResponse:
+        self._auth.check(request)
+        name, version = request.path_params["name"], request.path_params["version"]
+        ref = self._resolve(name, version)
+        try:
+            await self._control.retire.remote(ref)
+        except ConfigError as exc:
+            raise HttpError(409, str(exc)) from None
+        await self._view.refresh(force=True)
+        return JSONResponse({"model": name, "version": version, "state": "retired"})
+
+    async def admin_get_routing(self, request: Request) -> JSONResponse:
+        self._auth.check(request)
+        name = request.path_params["name"]
+        await self._view.refresh(force=True)
+        policy = self._snapshot.routing.get(name, RoutingPolicy())
+        states = {v: s.model_dump(exclude_none=True) for v, s in self._snapshot.states_of(name).items()}
+        held = [ref.version for ref in await self._scorer.loaded() if ref.name == name]
+        return JSONResponse({"model": name, "routing": policy.model_dump(), "versions": states, "loaded": held})
+
+    async def admin_put_routing(self, request: Request) -> JSONResponse:
+        self._auth.check(request)
+        name = request.path_params["name"]
+        self._resolve(name, None)
+        try:
+            body = await self._bodies.body(request)
+            policy = RoutingPolicy.model_validate_json(body)
+        except ValidationError as exc:
+            raise HttpError(400, f"bad routing policy: {exc}") from None
+        if missing := self._missing_versions(name, policy):
+            raise HttpError(404, f"routing names versions {missing} that {name!r} does not have")
+        try:
+            await self._control.set_routing.remote(name, policy)
+        except ConfigError as exc:
+            raise HttpError(409, str(exc)) from None
+        await self._view.refresh(force=True)
+        return JSONResponse({"model": name, "routing": policy.model_dump()})
