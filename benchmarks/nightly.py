@@ -136,24 +136,36 @@ def main() -> None:
     report: dict[str, Any] = {"images": args.images, "model": args.model}
 
     summary = work / "score.json"
-    report["score"] = _run("score", ["score", str(images), str(work / "out"), *model, "--quiet",
-                                     "--summary-json", str(summary)], args.timeout_s)  # fmt: skip
+    report["score"] = _run(
+        "score",
+        ["score", str(images), str(work / "out"), *model, "--quiet", "--summary-json", str(summary)],
+        args.timeout_s,
+    )
     report["score"]["images_per_s_running"] = _report(summary)["images_per_s_running"]
     first = work / "first.json"
-    report["first_night"] = _run("first night", ["nightly", str(images), str(table), *model, "--quiet",
-                                                 "--report-json", str(first)], args.timeout_s)  # fmt: skip
+    report["first_night"] = _run(
+        "first night",
+        ["nightly", str(images), str(table), *model, "--quiet", "--report-json", str(first)],
+        args.timeout_s,
+    )
     report["first_night"]["report"] = _report(first)
     for path in extra.iterdir():
         shutil.copy(path, images / f"new-{path.name}")
     second = work / "second.json"
-    report["second_night"] = _run("second night (+10 %)", ["nightly", str(images), str(table), *model, "--quiet",
-                                                          "--report-json", str(second)], args.timeout_s)  # fmt: skip
+    report["second_night"] = _run(
+        "second night (+10 %)",
+        ["nightly", str(images), str(table), *model, "--quiet", "--report-json", str(second)],
+        args.timeout_s,
+    )
     report["second_night"]["report"] = _report(second)
 
     quiet_folder, quiet_table = _quiet_night_table(work / "quiet", args.quiet_inputs, args.model)
     quiet = work / "quiet.json"
-    report["quiet_night"] = _run(f"nothing new ({args.quiet_inputs:,})", ["nightly", str(quiet_folder),
-                                 str(quiet_table), *model, "--report-json", str(quiet)], args.timeout_s)  # fmt: skip
+    report["quiet_night"] = _run(
+        f"nothing new ({args.quiet_inputs:,})",
+        ["nightly", str(quiet_folder), str(quiet_table), *model, "--report-json", str(quiet)],
+        args.timeout_s,
+    )
     report["quiet_night"]["report"] = _report(quiet)
     report["quiet_night"]["in_process"] = _listing_and_anti_join_s(quiet_folder, quiet_table, args.model)
 

@@ -44,9 +44,22 @@ def run_size(images: list[Path], model: str, models_dir: Path, timeout_s: float,
     listing.write_text("".join(f"{p}\n" for p in images))
     summary_path = work / "summary.json"
     command = [
-        sys.executable, "-m", "jobs.cli", "score", str(listing), str(work / "predictions"), "--model", model,
-        "--models-dir", str(models_dir), "--overwrite", "--quiet", "--summary-json", str(summary_path), *flags,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "score",
+        str(listing),
+        str(work / "predictions"),
+        "--model",
+        model,
+        "--models-dir",
+        str(models_dir),
+        "--overwrite",
+        "--quiet",
+        "--summary-json",
+        str(summary_path),
+        *flags,
+    ]
     measured = measure(command, BENCH / "logs" / f"scaling-{len(images)}.log", timeout_s)
     if "error" in measured:
         return {"images": len(images)} | measured

@@ -28,20 +28,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="admin token (default: STREAMSCORE_ADMIN_TOKEN)")
     actions = parser.add_subparsers(dest="admin_command", required=True)
     load = actions.add_parser(
-        "load", help="load and check a version; it can take traffic once it passes",
+        "load",
+        help="load and check a version; it can take traffic once it passes",
         epilog="example: streamscore admin load efficientnet-lite0 2",
-    )  # fmt: skip
+    )
     retire = actions.add_parser(
-        "retire", help="retire a version that no routing sends traffic to",
+        "retire",
+        help="retire a version that no routing sends traffic to",
         epilog="example: streamscore admin retire efficientnet-lite0 1",
-    )  # fmt: skip
+    )
     for sub in (load, retire):
         sub.add_argument("name")
         sub.add_argument("version")
     routing = actions.add_parser(
-        "routing", help="show a model's routing, or replace it with --set",
+        "routing",
+        help="show a model's routing, or replace it with --set",
         epilog="""example: streamscore admin routing efficientnet-lite0 --set '{"weights": {"1": 95, "2": 5}}'""",
-    )  # fmt: skip
+    )
     routing.add_argument("name")
     routing.add_argument("--set", metavar="JSON", help='e.g. \'{"weights": {"1": 95, "2": 5}}\'')
 

@@ -1,4 +1,4 @@
-"""The ``streamscore`` command: ``score``, ``nightly``, ``serve``, ``admin`` and ``models`` (list, add, quantize)."""
+"""The ``streamscore`` command: ``score``, ``nightly``, ``serve``, ``admin`` and ``models`` (list, promote, add, quantize)."""
 
 from __future__ import annotations
 
@@ -20,37 +20,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     score = commands.add_parser(
-        "score", help="score images into a Parquet dataset (Ray Data)", description=batch_score.__doc__,
+        "score",
+        help="score images into a Parquet dataset (Ray Data)",
+        description=batch_score.__doc__,
         formatter_class=_FORMAT,
-    )  # fmt: skip
+    )
     batch_score.add_arguments(score)
     score.set_defaults(handler=batch_score.run)
 
     scheduled = commands.add_parser(
-        "nightly", help="score what is new or changed into a Delta Lake table, exactly once",
-        description=nightly.__doc__, formatter_class=_FORMAT,
-    )  # fmt: skip
+        "nightly",
+        help="score what is new or changed into a Delta Lake table, exactly once",
+        description=nightly.__doc__,
+        formatter_class=_FORMAT,
+    )
     nightly.add_arguments(scheduled)
     scheduled.set_defaults(handler=nightly.run)
 
     serving = commands.add_parser(
-        "serve", help="serve every model of the repository over HTTP (Ray Serve)", description=serve.__doc__,
+        "serve",
+        help="serve every model of the repository over HTTP (Ray Serve)",
+        description=serve.__doc__,
         formatter_class=_FORMAT,
-    )  # fmt: skip
+    )
     serve.add_arguments(serving)
     serving.set_defaults(handler=serve.run)
 
     administer = commands.add_parser(
-        "admin", help="change a running Serve app: load, routing, retire", description=admin.__doc__,
+        "admin",
+        help="change a running Serve app: load, routing, retire",
+        description=admin.__doc__,
         formatter_class=_FORMAT,
-    )  # fmt: skip
+    )
     admin.add_arguments(administer)
     administer.set_defaults(handler=admin.run)
 
     models = commands.add_parser(
-        "models", help="the model repository: list, add your own ONNX model, quantize to INT8",
-        description=model_commands.__doc__, formatter_class=_FORMAT,
-    )  # fmt: skip
+        "models",
+        help="the model repository: list, promote a default version, add your own ONNX model, quantize to INT8",
+        description=model_commands.__doc__,
+        formatter_class=_FORMAT,
+    )
     model_commands.add_arguments(models)
     models.set_defaults(handler=model_commands.run)
     return parser

@@ -292,9 +292,12 @@ def source_batches(source: Source) -> Iterator[pa.Table]:
     if source.only_ids is not None:
         wanted = pc.field(source.id_column).cast(pa.string()).isin(source.only_ids)
     scanner = dataset.scanner(
-        columns=[source.id_column, source.bytes_column], filter=wanted, batch_size=BATCH_ROWS,
-        batch_readahead=1, fragment_readahead=1,
-    )  # fmt: skip
+        columns=[source.id_column, source.bytes_column],
+        filter=wanted,
+        batch_size=BATCH_ROWS,
+        batch_readahead=1,
+        fragment_readahead=1,
+    )
     for batch in scanner.to_batches():
         if batch.num_rows:
             yield pa.table({"id": batch.column(0).cast(pa.string()), "bytes": batch.column(1)})
