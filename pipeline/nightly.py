@@ -29,7 +29,6 @@ import signal
 import socket
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -42,12 +41,12 @@ import pyarrow.parquet as pq
 from common.errors import LostRowsError, StreamScoreError, WorkerCrashedError
 from common.filesystems import resolve
 from common.processes import process_exists
-from operators.base import ERROR
 from operators.reasons import Reason
 from pipeline.batch import scored_tables
 from pipeline.fingerprints import FingerprintMode, fingerprinted, frozen_set_digest
 from pipeline.graph import Graph
 from pipeline.local_scoring import score_locally, source_batches
+from pipeline.output import ERROR_REASON
 from pipeline.planner import ResourcePlan
 from pipeline.scored_table import RunTakenError, ScoredTable, claimant, table_schema
 from pipeline.shards import Shards, shard_path
@@ -356,8 +355,7 @@ class _Runner:
 
 
 def _errors_by_reason(rows: pa.Table) -> dict[str, int]:
-    errors = rows.column(ERROR).drop_null().to_pylist()
-    return dict(Counter(e.split(":", 1)[0] for e in errors))
+    return {item["values"]: item["counts"] for item in pc.value_counts(rows.column(ERROR_REASON).drop_null()).tolist()}
 
 
 class _Heartbeat:

@@ -1,12 +1,15 @@
 """The prediction table: one row per input, with a prediction or an error, never neither.
 
-Columns: ``id``, ``model``, ``model_version``, then the answer, then ``error`` (null when the row was scored).
+Columns: ``id``, ``model``, ``model_version``, then the answer, then ``error`` (null when the row was scored: the
+reason and its detail, for people) and ``error_reason`` (the reason alone, one of ``operators.reasons.Reason``:
+what summaries count, nightly's retry rule filters on, and a user groups by, without parsing ``error``).
 A classifier answers ``label``, ``score`` and ``top_k`` (list of {label, score}), optionally ``raw_output`` (the
 model's output vector); an embedding model answers ``embedding`` (list<float32>).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,6 +17,7 @@ import pyarrow as pa
 
 from operators._rows import errors_of, ok_mask
 from operators.base import ERROR, Batch
+from operators.reasons import reason_of
 
 if TYPE_CHECKING:
     from pipeline.models import ModelVersion
@@ -21,15 +25,25 @@ if TYPE_CHECKING:
 TOP_K_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
 EMBEDDING_TYPE = pa.list_(pa.float32())
 _KEYS = [("id", pa.string()), ("model", pa.string()), ("model_version", pa.string())]
+ERROR_REASON = "error_reason"
+_ERRORS = [(ERROR, pa.string()), (ERROR_REASON, pa.string())]
 PREDICTION_SCHEMA = pa.schema(
-    [*_KEYS, ("label", pa.string()), ("score", pa.float32()), ("top_k", TOP_K_TYPE), (ERROR, pa.string())]
+    [*_KEYS, ("label", pa.string()), ("score", pa.float32()), ("top_k", TOP_K_TYPE), *_ERRORS]
 )
-EMBEDDING_SCHEMA = pa.schema([*_KEYS, ("embedding", EMBEDDING_TYPE), (ERROR, pa.string())])
+EMBEDDING_SCHEMA = pa.schema([*_KEYS, ("embedding", EMBEDDING_TYPE), *_ERRORS])
 
 
 def prediction_schema(task: str) -> pa.Schema:
     """The table's columns for a model's ``task`` ("classification" or "embedding")."""
     return EMBEDDING_SCHEMA if task == "embedding" else PREDICTION_SCHEMA
+
+
+def error_columns(errors: Iterable[str | None]) -> list[pa.Array]:
+    """``error`` and ``error_reason``: the one place a row's reason is read off its error value (operators
+    write it as ``"<reason>: <detail>"``, ``Reason.row_error``)."""
+    values = list(errors)
+    reasons = [None if e is None else reason_of(e).value for e in values]
+    return [pa.array(values, pa.string()), pa.array(reasons, pa.string())]
 
 
 def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:
@@ -48,7 +62,7 @@ def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:
         offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32) if width else np.zeros(n + 1, np.int32))
         values = pa.array(vectors.reshape(-1), pa.float32())
         embedding = pa.ListArray.from_arrays(offsets, values, type=EMBEDDING_TYPE, mask=pa.array(~ok))
-        return pa.Table.from_arrays([*keys, embedding, pa.array(errors, pa.string())], schema=EMBEDDING_SCHEMA)
+        return pa.Table.from_arrays([*keys, embedding, *error_columns(errors)], schema=EMBEDDING_SCHEMA)
     top_index = batch["top_k_index"]
     k = top_index.shape[1] if top_index.ndim == 2 else 0
     labels = pa.array(model.labels, pa.string())
@@ -63,7 +77,7 @@ def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:
         pa.array(batch["label"], pa.string(), mask=~ok),
         pa.array(batch["score"], pa.float32(), mask=~ok),
         top_k,
-        pa.array(errors, pa.string()),
+        *error_columns(errors),
     ]
     table = pa.Table.from_arrays(columns, schema=PREDICTION_SCHEMA)
     if "raw_output" in batch:

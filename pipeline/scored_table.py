@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.errors import StreamScoreError
-from pipeline.output import prediction_schema
+from pipeline.output import ERROR_REASON, prediction_schema
 
 METADATA_PREFIX = "streamscore."
 # Columns the nightly table adds to the prediction columns.
@@ -97,11 +97,14 @@ class ScoredTable:
         if table is None:
             return empty
         wanted = (pc.field("model") == model) & (pc.field("model_version") == model_version)
-        rows = table.to_pyarrow_dataset().to_table(columns=["id", "fingerprint", "error"], filter=wanted)
+        dataset = table.to_pyarrow_dataset()
+        if ERROR_REASON not in dataset.schema.names:
+            # A table from before ``error_reason`` (its first commit since adds the column): its error rows stand.
+            return dataset.to_table(columns=["id", "fingerprint"], filter=wanted).combine_chunks()
+        rows = dataset.to_table(columns=["id", "fingerprint", ERROR_REASON], filter=wanted)
         if retried and rows.num_rows:
-            reasons = pc.list_element(pc.split_pattern(pc.fill_null(rows.column("error"), ""), ":"), 0)
-            keep = pc.invert(pc.is_in(reasons, value_set=pa.array(sorted(retried), pa.string())))
-            rows = rows.filter(keep)
+            retry = pc.is_in(rows.column(ERROR_REASON), value_set=pa.array(sorted(retried), pa.string()))
+            rows = rows.filter(pc.invert(pc.fill_null(retry, False)))
         return rows.select(["id", "fingerprint"]).combine_chunks() if rows.num_rows else empty
 
     def claim(self, app_id: str, run: int, metadata: dict[str, str]) -> int:
@@ -131,6 +134,7 @@ class ScoredTable:
                 snapshot if snapshot is not None else self.uri,
                 rows.cast(self.schema),
                 mode="append",
+                schema_mode="merge",  # a table made before a column was added (``error_reason``) gains it
                 partition_by=PARTITION_BY,
                 commit_properties=properties,
                 storage_options=self._storage_options if snapshot is None else None,

@@ -22,8 +22,7 @@ import pyarrow.parquet as pq
 
 from common.errors import InputError
 from common.filesystems import resolve
-from operators.base import ERROR
-from operators.reasons import Reason
+from pipeline.output import ERROR_REASON
 
 SUCCESS_FILE = "_SUCCESS"
 STAGING_DIR = "_staging"
@@ -90,11 +89,10 @@ class PredictionWriter:
         self._writer.write_table(table.cast(self._writer.schema))
         self._rows_in_file += table.num_rows
         self.rows += table.num_rows
-        errors = table.column(ERROR).drop_null()
-        if len(errors):
-            reasons = pc.utf8_slice_codeunits(errors, 0, 64)  # reason = text before the first ':'
-            for item in pc.value_counts(pc.list_element(pc.split_pattern(reasons, ":"), 0)).tolist():
-                self.errors_by_reason[Reason(item["values"]).value] += item["counts"]  # one of the enumeration
+        reasons = table.column(ERROR_REASON).drop_null()
+        if len(reasons):
+            for item in pc.value_counts(reasons).tolist():
+                self.errors_by_reason[item["values"]] += item["counts"]
 
     def _roll(self, schema: pa.Schema) -> None:
         self.close()

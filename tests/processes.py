@@ -27,7 +27,7 @@ from tests.conftest import REPO
 
 DEMO_IMAGES = REPO / "jobs" / "demo_images"
 MODEL = "efficientnet-lite0"
-OUTPUT_COLUMNS = {"id", "model", "model_version", "label", "score", "top_k", "error"}
+OUTPUT_COLUMNS = {"id", "model", "model_version", "label", "score", "top_k", "error", "error_reason"}
 SCRIPTS = Path(sysconfig.get_path("scripts"))  # where pip put the `ray` and `streamscore` console scripts
 
 # Without these, a developer's shell could point a run at some other cluster or token.

@@ -18,6 +18,7 @@ def _table(n: int, start: int = 0) -> pa.Table:
     rows = {name: [None] * n for name in PREDICTION_SCHEMA.names}
     rows["id"] = [str(start + i) for i in range(n)]
     rows["error"] = ["empty: zero bytes"] * n
+    rows["error_reason"] = ["empty"] * n
     return pa.Table.from_pydict(rows, schema=PREDICTION_SCHEMA)
 
 

@@ -184,7 +184,7 @@ class Gateway(AdminRoutes):
         files = await self._bodies.files(request)
         table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request)
         # The row's answer as in a batch row: label, score and top-k (raw_output when kept), or the embedding.
-        answer = [c for c in table.column_names if c not in ("id", "model", "model_version", "error")]
+        answer = [c for c in table.column_names if c not in ("id", "model", "model_version", "error", "error_reason")]
         predictions = [
             {"file": filename} | {c: r[c] for c in answer}
             for (filename, _), r in zip(files, table.to_pylist(), strict=True)
