@@ -148,10 +148,13 @@ def _promote(args: argparse.Namespace) -> int:
     root = console.models_dir(args)
     ref = ModelRef.parse(args.model)
     repository = ModelRepository(root)
-    before = repository.default_version(ref.name) if ref.name in repository.names() else None
+    try:
+        before: str | None = repository.resolve_version(ref.name, None)
+    except ModelNotFoundError:
+        before = None  # no such model (promote says so below), or several named versions and no default
     model = repository.promote(ref)
     print(f"{model.name} now means {model.name}:{model.version}" + (f" (was {before})" if before else ""))
-    return 0
+    return ExitCode.OK
 
 
 def _local_root(args: argparse.Namespace) -> Path:

@@ -161,7 +161,7 @@ def test_cli_promote_and_list_mark_the_default(tmp_path: Path) -> None:
     assert "  digits: versions 1, 2* (none promoted: the highest numeric version)" in listed.stdout.splitlines()
     promoted = _cli("models", "promote", "digits:1", "--models-dir", str(tmp_path))
     assert promoted.returncode == 0, promoted.stderr
-    assert promoted.stdout.strip() == "digits now means digits:1"
+    assert promoted.stdout.strip() == "digits now means digits:1 (was 2)"
     listed = _cli("models", "list", "--models-dir", str(tmp_path))
     assert "  digits: versions 1*, 2 (promoted)" in listed.stdout.splitlines(), listed.stdout
     missing = _cli("models", "promote", "digits:5", "--models-dir", str(tmp_path))
