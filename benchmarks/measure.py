@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.console import descendants
+import psutil
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _process_tree(root: int) -> list[int]:
     """``root`` and all its descendants (the walk ``streamscore`` itself uses to stop what it started)."""
-    return [root, *descendants(root)]
+    try:
+        return [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [root]
 
 
 def _rss_mb(pids: list[int]) -> list[float]:

@@ -34,7 +34,8 @@ def process_started_at() -> float:
     before: 6.6 s were reported for a 1.6 s run, and a README line run with ``bash -c`` counted the install.
     So the start is the moment ``jobs`` was first imported, less the CPU time the process had used by then: the
     interpreter's start-up is CPU work, while what a shell waited for (``sleep``, ``pip install``) ran in its
-    children and is not counted. The fork stays a lower bound.
+    children and is not counted. The fork stays a lower bound. What this cannot see: a launcher that burns CPU
+    in its own process and then execs us (CPU time survives an exec); its work is then counted, up to the fork.
     """
     from jobs import CPU_S_AT_IMPORT, IMPORTED_AT
 

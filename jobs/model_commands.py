@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
-from common.errors import ConfigError, ModelNotFoundError
+from common.errors import ConfigError, StreamScoreError
 from jobs import console
 from jobs.exit_codes import ExitCode
 from operators.resize import Interpolation
@@ -104,7 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "versions in one run: size, images/s, top-1 agreement and top-5 hits.",
         epilog="example: streamscore models quantize efficientnet-lite0:1 --calibration my_photos --images 200",
     )  # fmt: skip
-    quantize.add_argument("model", metavar="NAME:VERSION", help="the fp32 version to quantize (default: latest)")
+    quantize.add_argument(
+        "model", metavar="NAME:VERSION", help="the fp32 version to quantize (NAME: its default version)"
+    )
     quantize.add_argument("--calibration", type=Path, action="append", metavar="DIR",
                           help="images to calibrate on (repeatable; default: the bundled calibration images)")  # fmt: skip
     quantize.add_argument("--images", type=int, default=None, help="calibration images to use (default: all found)")
@@ -133,12 +135,12 @@ def _list(args: argparse.Namespace) -> int:
         versions = repository.versions(name)
         try:
             default: str | None = repository.resolve_version(name, None)
-        except ModelNotFoundError:
-            default = None  # several named versions and none promoted: NAME means nothing yet
+            why = "promoted" if repository.default_version(name) else "none promoted: the highest numeric version"
+        except StreamScoreError as exc:  # several named versions and none promoted, or a damaged pointer
+            default, why = None, f"no default: {exc}"
         marked = ", ".join(f"{v}*" if v == default else v for v in versions)
-        why = "promoted" if repository.default_version(name) else "none promoted: the highest numeric version"
-        print(f"  {name}: versions {marked}" + (f" ({why})" if default else " (no default: promote one)"))
-    return 0
+        print(f"  {name}: versions {marked} ({why})")
+    return ExitCode.OK
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -150,8 +152,8 @@ def _promote(args: argparse.Namespace) -> int:
     repository = ModelRepository(root)
     try:
         before: str | None = repository.resolve_version(ref.name, None)
-    except ModelNotFoundError:
-        before = None  # no such model (promote says so below), or several named versions and no default
+    except StreamScoreError:
+        before = None  # no such model (promote says so below), no default, or a damaged pointer it replaces
     model = repository.promote(ref)
     print(f"{model.name} now means {model.name}:{model.version}" + (f" (was {before})" if before else ""))
     return ExitCode.OK

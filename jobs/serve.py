@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jobs.ingress import check_port, use_fast_ingress
     from pipeline.models import ModelRepository
-    from pipeline.serving.app import deploy
+    from pipeline.serving.app import APP_NAME, deploy
 
     config = load_config(args)
     names = ModelRepository(config.models_dir).names()  # fail before Ray starts if the repository is wrong
@@ -125,9 +125,16 @@ def run(args: argparse.Namespace) -> int:
         use_fast_ingress()  # a cluster's processes got their settings at `ray start` (see cluster.yaml)
     # Ctrl-C or SIGTERM (also while the app is still deploying) ends in a clean shutdown, not a traceback.
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+
+    def stop_on_signals() -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+
+    stop_on_signals()
     console.connect_ray(args.address)
+    # ray.init installs Ray's fatal-signal handler over ours for SIGTERM: it printed a stack trace and killed the
+    # command (and the local Ray with it) at once, cutting the requests in flight. Ours again, so SIGTERM drains.
+    stop_on_signals()
     deploy(config, host, args.port)
     logging.getLogger("streamscore").info(
         "serving %s on http://%s:%d (V2: /v2/models/{name}/infer; people: POST /predict/{name}); Ctrl-C stops",
@@ -137,5 +144,8 @@ def run(args: argparse.Namespace) -> int:
     )
     stop.wait()
     logging.getLogger("streamscore").info("stopping: draining the app")
+    # Deleting the app first lets each replica finish the requests it holds (Serve's graceful shutdown) while the
+    # ingress still carries their answers; serve.shutdown() alone tore the ingress down under them.
+    serve.delete(APP_NAME)
     serve.shutdown()
     return 0

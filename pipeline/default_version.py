@@ -5,9 +5,9 @@ Serve score (and nightly would re-score everything). So the repository keeps one
 ``<root>/<name>/_default.json``, set only by ``streamscore models promote`` or by ``add``/``quantize --promote``.
 The file's name starts with ``_``, which no version may (``check_id``), so it is never listed as one.
 
-The pointer is written atomically on every filesystem: on a local one a temporary file is renamed over it (a
-reader sees the old pointer or the new one, never half of either); on an object store a single ``PUT`` is
-atomic by itself, and object stores have no rename.
+The pointer is written atomically on local filesystems (a temporary file renamed over it: a reader sees the
+old pointer or the new one, never half of either) and on object stores (a single ``PUT`` is atomic by itself,
+and they have no rename); elsewhere by a rename (``write_default`` says how).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import uuid
 
 import pyarrow.fs as pafs
@@ -51,21 +52,60 @@ def read_default(fs: pafs.FileSystem, model_folder: str) -> str | None:
     return check_id("version", pointer.version)
 
 
-def write_default(fs: pafs.FileSystem, model_folder: str, version: str) -> None:
-    """Point ``model_folder``'s default at ``version``, atomically (see the module's docstring)."""
+_OBJECT_STORES = {"s3", "s3a", "gcs", "gs", "abfs", "abfss", "az", "adl"}
+
+
+def _is_object_store(fs: pafs.FileSystem) -> bool:
+    """Whether a single ``PUT`` replaces a file atomically here (and there is no rename to use instead)."""
+    if isinstance(fs, pafs.PyFileSystem):  # fsspec's filesystem behind pyarrow's interface
+        protocol = getattr(getattr(fs.handler, "fs", None), "protocol", ())
+        protocols = {protocol} if isinstance(protocol, str) else set(protocol)
+        return bool(protocols & _OBJECT_STORES)
+    return fs.type_name in _OBJECT_STORES
+
+
+def write_default(fs: pafs.FileSystem, model_folder: str, version: str, replace: bool = True) -> bool:
+    """Point ``model_folder``'s default at ``version``; with ``replace=False`` only where no default exists
+    yet (so a pointer ``models promote`` wrote meanwhile is never overwritten). Returns whether it wrote.
+
+    Local filesystems: a staged file renamed over the pointer (``replace``) or hard-linked to its name, which
+    fails if one appeared (not ``replace``): atomic both ways. Object stores: one ``PUT``, atomic by itself; the
+    not-``replace`` check there is a read before the write. Other filesystems (HDFS, fsspec's sftp...): a
+    rename, and where it will not replace an existing file, a delete first (a reader may then briefly see no
+    pointer, and fall back to the highest numeric version).
+    """
     pointer = DefaultVersion(version=check_id("version", version), promoted_at=dt.datetime.now(dt.UTC))
     data = (json.dumps(pointer.model_dump(mode="json"), indent=2) + "\n").encode("utf-8")
     path = join(model_folder, DEFAULT_FILE)
-    if not isinstance(fs, pafs.LocalFileSystem):  # an object store: one PUT is atomic, and there is no rename
+    exists = fs.get_file_info(path).type != pafs.FileType.NotFound
+    if _is_object_store(fs):
+        if exists and not replace:
+            return False
         with fs.open_output_stream(path) as stream:
             stream.write(data)
-        return
+        return True
     staging = join(model_folder, f".{DEFAULT_FILE}.{uuid.uuid4().hex}")
     try:
         with fs.open_output_stream(staging) as stream:
             stream.write(data)
-        fs.move(staging, path)  # rename(2): atomic, and it replaces the old pointer
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            fs.delete_file(staging)
-        raise
+        if isinstance(fs, pafs.LocalFileSystem):
+            if not replace:
+                try:
+                    os.link(staging, path)  # fails if a pointer exists, however recent
+                except FileExistsError:
+                    return False
+                return True
+            fs.move(staging, path)  # rename(2): atomic, and it replaces the old pointer
+            return True
+        if exists and not replace:
+            return False
+        try:
+            fs.move(staging, path)
+        except OSError:  # a filesystem whose rename will not replace a file
+            fs.delete_file(path)
+            fs.move(staging, path)
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            if fs.get_file_info(staging).type != pafs.FileType.NotFound:
+                fs.delete_file(staging)

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from common.errors import ConfigError, ModelLoadError, StreamScoreError
 from operators.resize import Interpolation
 from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 from pipeline.model_ref import ModelRef
@@ -293,12 +293,13 @@ def publish_version(
 
 
 def _pin_current_default(repository: ModelRepository, name: str) -> None:
-    """Record what ``name`` means now as its default, if nothing was promoted (nothing to pin when it has only
-    several named versions: ``NAME`` means nothing there until one is promoted)."""
-    if repository.default_version(name) is not None:
-        return
+    """Record what ``name`` means now as its default, if nothing was promoted: written only where no pointer
+    exists when it lands, so a ``models promote`` made meanwhile wins. Nothing to pin when the model has
+    several named versions and no default, or a damaged pointer (``models promote`` mends it)."""
     try:
+        if repository.default_version(name, fresh=True) is not None:
+            return
         current = repository.resolve_version(name, None)
-    except ModelNotFoundError:
+    except StreamScoreError:
         return
-    repository.promote(ModelRef(name=name, version=current))
+    repository.pin_default(ModelRef(name=name, version=current))

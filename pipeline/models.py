@@ -150,6 +150,13 @@ class ModelRepository:
         logger.info("promoted %s:%s to %s's default version", ref.name, model.version, ref.name)
         return model
 
+    def pin_default(self, ref: ModelRef) -> bool:
+        """Make ``ref`` the default only if the model has none (no load: it is what ``NAME`` already means);
+        whether it was written. How ``add`` and ``quantize`` keep ``NAME``'s meaning while adding a version."""
+        assert ref.version is not None
+        self._defaults.pop(ref.name, None)
+        return write_default(self._fs, join(self._root_path, ref.name), ref.version, replace=False)
+
     def _read_text(self, path: str) -> str:
         try:
             with self._fs.open_input_stream(path) as stream:

@@ -46,7 +46,7 @@ from pipeline.batch import scored_tables
 from pipeline.fingerprints import FingerprintMode, fingerprinted, frozen_set_digest
 from pipeline.graph import Graph
 from pipeline.local_scoring import score_locally, source_batches
-from pipeline.output import ERROR_REASON
+from pipeline.output import ERROR_REASON, fill_error_reasons
 from pipeline.planner import ResourcePlan
 from pipeline.scored_table import RunTakenError, ScoredTable, claimant, table_schema
 from pipeline.shards import Shards, shard_path
@@ -249,8 +249,7 @@ class _Runner:
                 )
                 for table in local:
                     self._take(table, shards, shard_dir, report)
-                pending = pending.filter(pc.invert(pc.is_in(pending.column("id"), value_set=shards.arrived())))
-            if pending.num_rows:
+            elif pending.num_rows:
                 source = self._source_of(pending)
                 try:
                     for table in scored_tables(self.job.graph, source, self._plan(), record_node=True):
@@ -296,8 +295,15 @@ class _Runner:
 
     def _committed_rows(self, run: int, frozen: pa.Table, shard_dir: str, count: int) -> pa.Table:
         """Every shard's rows, with the run's columns, checked against the frozen set: each input once."""
+        unfinished = [i for i in range(count) if not self._exists(shard_path(shard_dir, i))]
+        if unfinished:  # a row that never came back from scoring leaves its shard unwritten
+            raise LostRowsError(
+                f"run {run}: lost rows: {len(unfinished)} of its {count} shards never got all their rows back from "
+                f"scoring (the first: shard {unfinished[0]}); please report this as a bug"
+            )
         parts = [pq.read_table(shard_path(shard_dir, i), filesystem=self.fs) for i in range(count)]
         rows = pa.concat_tables(parts, promote_options="permissive") if parts else self.table.schema.empty_table()
+        rows = fill_error_reasons(rows)  # shards an earlier release wrote (a resumed run) have no reasons
         ids = rows.column("id")
         if rows.num_rows != frozen.num_rows or pc.count_distinct(ids).as_py() != frozen.num_rows:
             raise LostRowsError(f"run {run}: {rows.num_rows} rows in its shards for {frozen.num_rows} inputs")

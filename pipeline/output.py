@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from operators._rows import errors_of, ok_mask
 from operators.base import ERROR, Batch
@@ -44,6 +45,22 @@ def error_columns(errors: Iterable[str | None]) -> list[pa.Array]:
     values = list(errors)
     reasons = [None if e is None else reason_of(e).value for e in values]
     return [pa.array(values, pa.string()), pa.array(reasons, pa.string())]
+
+
+def fill_error_reasons(table: pa.Table) -> pa.Table:
+    """``table`` with ``error_reason`` set wherever ``error`` is: rows written before the column existed (a
+    nightly shard or Delta table of an earlier release) get theirs read off ``error``, as ``error_columns``
+    does, so old failures are counted and retried like new ones."""
+    errors = table.column(ERROR)
+    present = ERROR_REASON in table.column_names
+    reasons = table.column(ERROR_REASON) if present else pa.nulls(table.num_rows, pa.string())
+    missing = pc.and_(pc.is_null(reasons), pc.is_valid(errors))
+    if present and not pc.any(missing).as_py():
+        return table
+    filled = pc.if_else(missing, error_columns(errors.to_pylist())[1], reasons)
+    if present:
+        return table.set_column(table.column_names.index(ERROR_REASON), ERROR_REASON, filled)
+    return table.append_column(ERROR_REASON, filled)
 
 
 def predictions_table(batch: Batch, model: ModelVersion) -> pa.Table:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from common.errors import ErrorBudgetExceeded, LostRowsError, WorkerCrashedError
 from pipeline.run_summary import RunSummary
@@ -36,7 +37,7 @@ def publish_run(
     raised afterwards. ``started_at`` (a ``time.perf_counter()`` value) is when the user started waiting,
     e.g. before Ray started; the summary's wall time counts from there (default: this call).
     """
-    input_rows = source.table.num_rows if isinstance(source, FileListing) else None
+    input_rows = input_row_count(source)
     writer = PredictionWriter(output_uri, overwrite=overwrite)
     start = started_at if started_at is not None else time.perf_counter()
     first_s: float | None = None
@@ -65,11 +66,24 @@ def publish_run(
         plan=plan,
         output=output_uri,
     )
-    if input_rows is not None and summary.rows != input_rows:
+    if summary.rows != input_rows:
         raise LostRowsError(f"lost rows: {input_rows} in, {summary.rows} out; please report this as a bug")
     writer.commit(summary.as_json())  # the dataset becomes visible, with _SUCCESS, only now
     check_error_budget(summary.rows, summary.error_rows, max_error_fraction, summary)
     return summary
+
+
+def input_row_count(source: Source) -> int:
+    """The rows a run of ``source`` must put out: the listing's, or the Parquet dataset's, counted from its
+    footers (nothing decoded), only the ``only_ids`` rows when set. Read the way the executors read it."""
+    if isinstance(source, FileListing):
+        return source.table.num_rows
+    import pyarrow.dataset as pads  # only for Parquet input: it imports pandas
+
+    dataset = pads.dataset(source.path, filesystem=source.filesystem, format="parquet")
+    if source.only_ids is None:
+        return int(dataset.count_rows())
+    return int(dataset.count_rows(filter=pc.field(source.id_column).cast(pa.string()).isin(source.only_ids)))
 
 
 def check_error_budget(rows: int, error_rows: int, max_error_fraction: float | None, summary: Any) -> None:

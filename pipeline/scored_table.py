@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from common.errors import StreamScoreError
-from pipeline.output import ERROR_REASON, prediction_schema
+from operators.base import ERROR
+from pipeline.output import ERROR_REASON, fill_error_reasons, prediction_schema
 
 METADATA_PREFIX = "streamscore."
 # Columns the nightly table adds to the prediction columns.
@@ -98,10 +99,9 @@ class ScoredTable:
             return empty
         wanted = (pc.field("model") == model) & (pc.field("model_version") == model_version)
         dataset = table.to_pyarrow_dataset()
-        if ERROR_REASON not in dataset.schema.names:
-            # A table from before ``error_reason`` (its first commit since adds the column): its error rows stand.
-            return dataset.to_table(columns=["id", "fingerprint"], filter=wanted).combine_chunks()
-        rows = dataset.to_table(columns=["id", "fingerprint", ERROR_REASON], filter=wanted)
+        columns = ["id", "fingerprint", ERROR] + ([ERROR_REASON] if ERROR_REASON in dataset.schema.names else [])
+        # Rows of an earlier release have no reason of their own: read off ``error`` (fill_error_reasons).
+        rows = fill_error_reasons(dataset.to_table(columns=columns, filter=wanted))
         if retried and rows.num_rows:
             retry = pc.is_in(rows.column(ERROR_REASON), value_set=pa.array(sorted(retried), pa.string()))
             rows = rows.filter(pc.invert(pc.fill_null(retry, False)))
@@ -134,7 +134,7 @@ class ScoredTable:
                 snapshot if snapshot is not None else self.uri,
                 rows.cast(self.schema),
                 mode="append",
-                schema_mode="merge",  # a table made before a column was added (``error_reason``) gains it
+                schema_mode=self._schema_mode(snapshot),
                 partition_by=PARTITION_BY,
                 commit_properties=properties,
                 storage_options=self._storage_options if snapshot is None else None,
@@ -148,6 +148,15 @@ class ScoredTable:
         table = self._load()
         assert table is not None
         return int(table.version())
+
+    def _schema_mode(self, snapshot: Any | None) -> Literal["merge"] | None:
+        """ "merge" only to add what an earlier release's table lacks (``error_reason``); any other difference
+        (another task's columns, say) must fail the commit, not widen the table."""
+        if snapshot is None:
+            return None
+        existing = set(snapshot.to_pyarrow_dataset().schema.names)
+        expected = set(self.schema.names)
+        return "merge" if existing < expected and expected - existing == {ERROR_REASON} else None
 
     def claim_metadata(self, app_id: str, run: int, search: int = 200) -> dict[str, str] | None:
         """The metadata of the claim of run ``run`` of ``app_id`` (keys without the prefix), from the table's

@@ -230,3 +230,41 @@ def test_serve_pins_the_default_at_deploy(tmp_path: Path) -> None:
     _set_up_two_versions_that_answer_differently(tmp_path)
     routing = routing_with_defaults_pinned(ServeConfig(models_dir=str(tmp_path)))
     assert routing["digits"].versions() == {"1"}
+
+
+def test_a_damaged_pointer_is_listed_and_mended_by_promote(tmp_path: Path) -> None:
+    _repository(tmp_path, "1", "2")
+    (tmp_path / "digits" / DEFAULT_FILE).write_text("")
+    listed = _cli("models", "list", "--models-dir", str(tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    assert any(line.startswith("  digits: versions 1, 2 (no default: invalid") for line in listed.stdout.splitlines())
+    mended = _cli("models", "promote", "digits:2", "--models-dir", str(tmp_path))
+    assert mended.returncode == 0 and mended.stdout.strip() == "digits now means digits:2", mended.stderr
+    assert ModelRepository(str(tmp_path)).resolve_version("digits", None) == "2"
+
+
+def test_pinning_what_name_means_never_overwrites_a_promotion(tmp_path: Path) -> None:
+    """``add`` pins the current meaning only where no pointer exists when its write lands: a ``promote`` that
+    came first wins (the race the pin would otherwise lose)."""
+    repository = _repository(tmp_path, "1", "2", "3")
+    repository.promote(ModelRef.parse("digits:1"))
+    assert repository.pin_default(ModelRef.parse("digits:3")) is False
+    assert repository.default_version("digits", fresh=True) == "1"
+    (tmp_path / "digits" / DEFAULT_FILE).unlink()
+    assert repository.pin_default(ModelRef.parse("digits:3")) is True
+    assert ModelRepository(str(tmp_path)).resolve_version("digits", None) == "3"
+
+
+def test_serve_deploys_with_a_model_that_has_no_default(tmp_path: Path) -> None:
+    """A model with several named versions and none promoted is served by version only; the others deploy."""
+    from pipeline.serving.app import routing_with_defaults_pinned
+    from pipeline.serving.config import ServeConfig
+
+    _repository(tmp_path, "1")
+    for version in ("exp", "canary"):
+        target = tmp_path / "other" / version
+        shutil.copytree(MODELS_DIR / "digits" / "1", target, ignore=shutil.ignore_patterns("calibration"))
+        manifest = json.loads((target / "manifest.json").read_text())
+        (target / "manifest.json").write_text(json.dumps(manifest | {"name": "other", "version": version}))
+    routing = routing_with_defaults_pinned(ServeConfig(models_dir=str(tmp_path)))
+    assert set(routing) == {"digits"} and routing["digits"].versions() == {"1"}

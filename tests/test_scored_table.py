@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from operators.reasons import Reason
@@ -48,13 +49,26 @@ def test_error_reason_is_the_reason_alone_and_drives_the_retry_rule(tmp_path: Pa
     assert sorted(done.column("id").to_pylist()) == ["id-0", "id-2"]  # the read failure is scored again
 
 
-def test_a_table_from_before_error_reason_keeps_working_and_gains_the_column(tmp_path: Path) -> None:
+def test_a_table_from_before_error_reason_keeps_retrying_and_gains_the_column(tmp_path: Path) -> None:
+    """Rows of an earlier release have no reason of their own: theirs is read off ``error``, before the first
+    commit that adds the column and after it (Delta fills old rows with null there)."""
     uri = str(tmp_path / "old.delta")
     old_schema = pa.schema([f for f in table_schema() if f.name != ERROR_REASON])
     write_deltalake(uri, _rows(ERRORS, old_schema), partition_by=["run_date"])
     table = ScoredTable(uri)
-    done = table.done_keys("digits", "1", frozenset({"read_failed"}))
-    assert done.num_rows == 3  # no reason column: every outcome stands
-    table.commit_rows("job", 1, _rows([Reason.EMPTY.row_error("zero bytes")], table_schema()), {"run": "1"})
-    reasons = DeltaTable(uri).to_pyarrow_dataset().to_table().column(ERROR_REASON).to_pylist()
-    assert sorted(reasons, key=str) == sorted([None, None, None, "empty"], key=str)
+    retried = frozenset({"read_failed"})
+    assert sorted(table.done_keys("digits", "1", retried).column("id").to_pylist()) == ["id-0", "id-2"]
+    new = _rows([Reason.EMPTY.row_error("zero bytes")], table_schema())
+    table.commit_rows("job", 1, new.set_column(0, "id", pa.array(["new-0"])), {"run": "1"})
+    assert ERROR_REASON in DeltaTable(uri).to_pyarrow_dataset().schema.names
+    assert sorted(table.done_keys("digits", "1", retried).column("id").to_pylist()) == ["id-0", "id-2", "new-0"]
+
+
+def test_a_commit_of_another_tasks_rows_still_fails(tmp_path: Path) -> None:
+    """The schema is merged only to add ``error_reason``: embedding rows never widen a classification table."""
+    table = ScoredTable(str(tmp_path / "t.delta"))
+    table.commit_rows("job", 1, _rows(ERRORS, table_schema()), {"run": "1"})
+    embeddings = ScoredTable(str(tmp_path / "t.delta"), schema=table_schema("embedding"))
+    with pytest.raises(Exception, match="(?i)schema"):
+        embeddings.commit_rows("other", 1, _rows([None], table_schema("embedding")), {"run": "1"})
+    assert "embedding" not in DeltaTable(str(tmp_path / "t.delta")).to_pyarrow_dataset().schema.names

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse
 
 from common.errors import ConfigError, HttpError, StreamScoreError
 from pipeline.model_ref import ModelRef
+from pipeline.models import ModelRepository
 from pipeline.serving.auth import BearerAuth
 from pipeline.serving.control import ControlSnapshot, ControlView, VersionState
 from pipeline.serving.http_body import BodyReader
@@ -32,6 +33,7 @@ class AdminRoutes:
     _control: Any  # the ControlPlane deployment's handle
     _graphs: GraphCache
     _metrics: GatewayMetrics
+    _repository: ModelRepository
     _scorer: ScorerClient
     _view: ControlView
 
@@ -90,7 +92,12 @@ class AdminRoutes:
     async def admin_put_routing(self, request: Request) -> JSONResponse:
         self._auth.check(request)
         name = request.path_params["name"]
-        self._resolve(name, None)
+        try:  # a model needs versions to route, not a default (routing is how one with only named versions gets one)
+            known = self._repository.versions(name, fresh=True)
+        except ConfigError as exc:
+            raise HttpError(404, str(exc)) from None
+        if not known:
+            raise HttpError(404, f"no model {name!r} in the repository")
         try:
             body = await self._bodies.body(request)
             policy = RoutingPolicy.model_validate_json(body)

@@ -10,11 +10,12 @@ plane (routing, version states) and the metrics hub. Graphs are built from the s
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray import serve
 
-from common.errors import ConfigError
+from common.errors import ConfigError, StreamScoreError
 from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository
 from pipeline.serving.config import ServeConfig
@@ -23,6 +24,9 @@ from pipeline.serving.gateway import Gateway
 from pipeline.serving.metrics import MetricsHub
 from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.scorer import Scorer
+
+logger = logging.getLogger(__name__)
+APP_NAME = "streamscore"  # the Serve application's name, as `serve status` shows it
 
 
 def build_app(config: ServeConfig) -> Any:
@@ -78,11 +82,14 @@ def routing_with_defaults_pinned(config: ServeConfig) -> dict[str, RoutingPolicy
         missing = sorted(policy.versions() - set(repository.versions(name)))
         if missing:
             raise ConfigError(f"routing for {name!r} names versions {missing} that are not in {config.models_dir}")
-    pinned = {
-        name: RoutingPolicy(weights={repository.resolve_version(name, None): 100})
-        for name in repository.names()
-        if name not in config.routing
-    }
+    pinned = {}
+    for name in repository.names():
+        if name in config.routing:
+            continue
+        try:
+            pinned[name] = RoutingPolicy(weights={repository.resolve_version(name, None): 100})
+        except StreamScoreError as exc:  # several named versions and no default, or a damaged pointer
+            logger.warning("%s is served only where a request names its version: %s", name, exc)
     return pinned | dict(config.routing)
 
 
@@ -90,4 +97,4 @@ def deploy(config: ServeConfig, host: str, port: int) -> None:
     """Start Serve's HTTP ingress (HAProxy where ``use_fast_ingress`` set it up) on ``host:port`` and deploy
     the app at ``/`` (Ray must be connected)."""
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config), name="streamscore", route_prefix="/")
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/")

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from common.errors import ConfigError, HttpError, StreamScoreError
+from common.errors import ConfigError, HttpError, ModelNotFoundError, StreamScoreError
 from pipeline.model_ref import ModelRef
 from pipeline.models import ModelRepository
 from pipeline.serving import v2
@@ -126,7 +126,9 @@ class Gateway(AdminRoutes):
 
     async def metadata(self, request: Request) -> JSONResponse:
         name, version = request.path_params["name"], version_of(request)
-        ref = self._resolve(name, version)
+        # Without a version: the one an inference request would reach now (the routing's choice), not merely the
+        # repository's default, which a running app may not route to.
+        ref = self._resolve(name, version) if version else await self._route(name, None, request)
         graph, _ = await asyncio.to_thread(self._graphs.get, ref)
         versions = [str(ref.version)] if version else self._repository.versions(name)
         model = graph.model
@@ -201,7 +203,11 @@ class Gateway(AdminRoutes):
         refs = []
         for name in self._repository.names():
             policy = self._snapshot.routing.get(name, RoutingPolicy())
-            versions = sorted(policy.versions()) or [self._repository.resolve_version(name, None)]
+            try:
+                versions = sorted(policy.versions()) or [self._repository.resolve_version(name, None)]
+            except StreamScoreError as exc:  # no default (several named versions), or a damaged pointer
+                logger.warning("model %s takes no traffic without a version: %s", name, exc)
+                continue  # served only where a request names its version: not the app's readiness to hold up
             refs += [ModelRef(name=name, version=v) for v in versions]
         return refs
 
@@ -275,8 +281,10 @@ class Gateway(AdminRoutes):
         try:
             ref = ModelRef(name=name, version=version)
             return ref.at(self._repository.resolve_version(ref.name, ref.version))
-        except StreamScoreError as exc:
+        except (ModelNotFoundError, ConfigError) as exc:  # no such model or version, or an unsafe name
             raise HttpError(404, str(exc)) from None
+        except StreamScoreError as exc:  # the repository's own state (a damaged default pointer): ours to mend
+            raise HttpError(503, str(exc)) from None
 
     async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], request: Request) -> Any:
         """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``."""
