@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from pipeline.nightly import FAULT_ENV
+from jobs.nightly import FAULT_ENV
 from tests.conftest import MODELS_DIR, REPO, wait_for
 from tests.crash_operator import digits_with_step
 from tests.processes import clean_env, descendants
