@@ -188,7 +188,8 @@ def source_dataset(source: Source, plan: ResourcePlan) -> tuple[Any, dict[str, s
 
 
 class _RowsWithIds:
-    """The rows of a Parquet block whose id is in a set (held once in the object store)."""
+    """The rows of a Parquet block whose id is in a set (held once in the object store): the rows
+    ``ParquetSource.row_filter`` keeps, for a reader that must not carry the set in every read task."""
 
     def __init__(self, ids: Any, id_column: str) -> None:
         self._ids, self._id_column = ids, id_column

@@ -32,7 +32,6 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from common.errors import StreamScoreError
 from operators._rows import object_array
@@ -285,22 +284,7 @@ def source_batches(source: Source) -> Iterator[pa.Table]:
     if isinstance(source, FileListing):
         yield from (pa.Table.from_batches([b]) for b in source.table.select(["id", "uri"]).to_batches(BATCH_ROWS))
         return
-    import pyarrow.dataset as pads  # only for Parquet input: it imports pandas
-
-    dataset = pads.dataset(source.path, filesystem=source.filesystem, format="parquet")
-    wanted = None
-    if source.only_ids is not None:
-        wanted = pc.field(source.id_column).cast(pa.string()).isin(source.only_ids)
-    scanner = dataset.scanner(
-        columns=[source.id_column, source.bytes_column],
-        filter=wanted,
-        batch_size=BATCH_ROWS,
-        batch_readahead=1,
-        fragment_readahead=1,
-    )
-    for batch in scanner.to_batches():
-        if batch.num_rows:
-            yield pa.table({"id": batch.column(0).cast(pa.string()), "bytes": batch.column(1)})
+    yield from source.read(BATCH_ROWS)
 
 
 def run_locally(
