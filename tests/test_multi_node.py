@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 from deltalake import DeltaTable
@@ -29,6 +31,17 @@ from tests.processes import clean_env, descendants
 pytestmark = pytest.mark.slow
 
 
+def read_line(stream: IO[str], timeout_s: float) -> str:
+    """The next line of ``stream``, or a TimeoutError after ``timeout_s``: a keeper that hangs must fail the
+    test, not stall CI (a bare ``readline()`` waits forever)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(stream.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout_s)
+    except queue.Empty:
+        raise TimeoutError(f"no answer from the cluster keeper within {timeout_s} s") from None
+
+
 @dataclass
 class Keeper:
     process: subprocess.Popen
@@ -39,7 +52,7 @@ class Keeper:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(command + "\n")
         self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())
+        return json.loads(read_line(self.process.stdout, 120))
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +60,17 @@ def cluster() -> Iterator[Keeper]:
     """A head (no CPUs: the driver's) and two 1-CPU worker nodes, each its own raylet."""
     command = [sys.executable, "-m", "tests.cluster_keeper", "--workers", "2", "--cpus", "1"]
     process = subprocess.Popen(
-        command, cwd=REPO, env=clean_env(RAY_AUTH_MODE="disabled"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
+        command,
+        cwd=REPO,
+        env=clean_env(RAY_AUTH_MODE="disabled"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert process.stdout is not None
-        started = json.loads(process.stdout.readline())
+        started = json.loads(read_line(process.stdout, 180))
         yield Keeper(process, started["address"], started["nodes"])
     finally:
         started_pids = descendants(process.pid)
