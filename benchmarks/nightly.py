@@ -52,10 +52,10 @@ def _quiet_night_table(root: Path, inputs: int, model: str) -> tuple[Path, Path]
     would have left it)."""
     from deltalake import DeltaTable
 
-    from pipeline.fingerprints import fingerprinted
-    from pipeline.models import ModelRepository
-    from pipeline.scored_table import TABLE_SCHEMA, ScoredTable
-    from pipeline.sources import list_folder
+    from pipeline.models.repository import ModelRepository
+    from pipeline.nightly.fingerprints import fingerprinted
+    from pipeline.nightly.scored_table import TABLE_SCHEMA, ScoredTable
+    from pipeline.runs.sources import list_folder
 
     folder, table = root / "images", root / "scores.delta"
     shutil.rmtree(root, ignore_errors=True)
@@ -87,7 +87,7 @@ def _quiet_night_table(root: Path, inputs: int, model: str) -> tuple[Path, Path]
         "run_date": pa.array([now.date()] * n, pa.date32()),
     }
 
-    from pipeline.nightly import default_job_id
+    from pipeline.nightly.job import default_job_id
 
     job = default_job_id(str(folder), model)
     scored = ScoredTable(str(table))
@@ -98,11 +98,11 @@ def _quiet_night_table(root: Path, inputs: int, model: str) -> tuple[Path, Path]
 
 
 def _listing_and_anti_join_s(folder: Path, table: Path, model: str) -> dict[str, float]:
-    from pipeline.fingerprints import fingerprinted
-    from pipeline.models import ModelRepository
-    from pipeline.nightly import RETRIED_REASONS
-    from pipeline.scored_table import ScoredTable
-    from pipeline.sources import list_folder
+    from pipeline.models.repository import ModelRepository
+    from pipeline.nightly.fingerprints import fingerprinted
+    from pipeline.nightly.job import RETRIED_REASONS
+    from pipeline.nightly.scored_table import ScoredTable
+    from pipeline.runs.sources import list_folder
 
     version = ModelRepository(str(REPO / "models")).load(model, check_graph=False).version
     start = time.perf_counter()

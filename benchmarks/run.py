@@ -186,8 +186,8 @@ def _resolve_model(spec: str, models_dir: Path) -> tuple[str, str, Path]:
     """
     from builders import builder
     from common.errors import StreamScoreError
-    from pipeline.model_ref import ModelRef
-    from pipeline.models import ModelRepository
+    from pipeline.models.ref import ModelRef
+    from pipeline.models.repository import ModelRepository
 
     ref = ModelRef.parse(spec)
     if not (models_dir / ref.name).is_dir() and ref.name in SHAPED_MODELS:

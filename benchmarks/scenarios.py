@@ -32,7 +32,7 @@ BATCH_SIZE = 32
 
 def _preprocess_params(model_dir: str) -> dict[str, Any]:
     """The manifest's preprocessing as plain values, so it can travel to Ray tasks and pool workers."""
-    from pipeline.manifest import ModelManifest
+    from pipeline.models.manifest import ModelManifest
 
     m = ModelManifest.model_validate_json((Path(model_dir) / "manifest.json").read_text())
     return {

@@ -64,7 +64,7 @@ def _histogram(latencies_s: list[float]) -> list[int]:
 def in_process(cfg: dict[str, Any], images: list[bytes], rounds: int) -> dict[str, dict[str, Any]]:
     """Each app's own code called in this process on one image at a time: the floor HTTP adds its cost to."""
     from pipeline.graph import build_graph
-    from pipeline.models import ModelRepository
+    from pipeline.models.repository import ModelRepository
 
     graph = build_graph(f"{cfg['model']}:{cfg['version']}", ModelRepository(cfg["models_dir"]))
     os.environ["STREAMSCORE_PEER_MODEL_DIR"] = cfg["model_dir"]

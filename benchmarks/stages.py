@@ -24,7 +24,7 @@ def stage_times(cfg: dict[str, Any], n: int = 200) -> dict[str, float]:
     from operators._rows import object_array
     from operators.base import ERROR
     from pipeline.graph import build_graph
-    from pipeline.models import ModelRepository
+    from pipeline.models.repository import ModelRepository
     from pipeline.output import predictions_table
 
     graph = build_graph(f"{cfg['model']}:{cfg['version']}", ModelRepository(cfg["models_dir"]))

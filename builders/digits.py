@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from builders._registry import register_builder
-from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
+from pipeline.models.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 
 if TYPE_CHECKING:
     import torch

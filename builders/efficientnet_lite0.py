@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from builders._onnx_rewrites import fold_pads_into_convs
 from builders._registry import register_builder
-from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
+from pipeline.models.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 
 if TYPE_CHECKING:
     import torch

@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from builders._registry import builder, register_builder
-from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
+from pipeline.models.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
 
 logger = logging.getLogger(__name__)
 

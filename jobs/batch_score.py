@@ -29,11 +29,11 @@ from common.errors import ConfigError, ErrorBudgetExceeded  # noqa: E402
 from jobs import console  # noqa: E402
 from jobs.exit_codes import ExitCode  # noqa: E402
 from jobs.options import add_scoring_options, described, scoring_options  # noqa: E402
-from pipeline.planner import POOL_GROWTH, ResourceOverrides  # noqa: E402
-from pipeline.sources import Source, SourceKind, detect_source  # noqa: E402
+from pipeline.runs.planner import POOL_GROWTH, ResourceOverrides  # noqa: E402
+from pipeline.runs.sources import Source, SourceKind, detect_source  # noqa: E402
 
 if TYPE_CHECKING:
-    from pipeline.run_summary import RunSummary
+    from pipeline.runs.summary import RunSummary
 
 # detect_source's own defaults, shown in --help (flags left out are not passed, so these apply).
 SOURCE_DEFAULTS = {
@@ -160,7 +160,7 @@ class _Progress:
 
 
 def progress_line(rows: int, errors: int, total: int | None, seconds: float) -> str:
-    from pipeline.run_summary import plural
+    from pipeline.runs.summary import plural
 
     bar = ""
     if total:
@@ -191,11 +191,11 @@ def _show(output: str, limit: int) -> None:
 
 def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     from pipeline.graph import build_graph
-    from pipeline.model_ref import ModelRef
-    from pipeline.models import ModelRepository
-    from pipeline.planner import plan_resources
-    from pipeline.sources import FileListing
-    from pipeline.writer import check_output
+    from pipeline.models.ref import ModelRef
+    from pipeline.models.repository import ModelRepository
+    from pipeline.runs._writer import check_output
+    from pipeline.runs.planner import plan_resources
+    from pipeline.runs.sources import FileListing
 
     started_at = started_at if started_at is not None else time.perf_counter()
     # Everything that can be checked without data is checked before Ray starts.
@@ -217,13 +217,13 @@ def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     }
     try:
         if choose_executor(args, overrides) == "local":
-            from pipeline.local_scoring import run_locally
+            from pipeline.runs.local import run_locally
 
             summary = run_locally(graph, source, args.output, args.processes, overrides.rows_per_ort_call, **publish)
         else:
             import ray  # only here: the local executor never imports Ray (about 1 s of a small run)
 
-            from pipeline.batch import run_batch
+            from pipeline.runs.ray_data import run_batch
 
             console.connect_ray(args.address)
             summary = run_batch(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common.errors import StreamScoreError
 from jobs.exit_codes import ExitCode
-from pipeline.models import MODELS_DIR_ENV, find_models_dir
+from pipeline.models.repository import MODELS_DIR_ENV, find_models_dir
 
 logger = logging.getLogger("streamscore")
 

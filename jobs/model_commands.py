@@ -21,8 +21,8 @@ from jobs.exit_codes import ExitCode
 from operators.resize import Interpolation
 
 if TYPE_CHECKING:
-    from pipeline.model_ref import ModelRef
-    from pipeline.models import ModelVersion
+    from pipeline.models.ref import ModelRef
+    from pipeline.models.repository import ModelVersion
 
 _FORMAT = argparse.RawDescriptionHelpFormatter
 _PROMOTE_HELP = "make the new version the model's default (without it, NAME keeps meaning what it meant)"
@@ -43,7 +43,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.model_add import PRESETS
+    from pipeline.models.add import PRESETS
 
     commands = parser.add_subparsers(dest="models_command", required=True)
     listing = commands.add_parser(
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from pipeline.models import ModelRepository
+    from pipeline.models.repository import ModelRepository
 
     root = console.models_dir(args)
     repository = ModelRepository(root)
@@ -144,8 +144,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from pipeline.model_ref import ModelRef
-    from pipeline.models import ModelRepository
+    from pipeline.models.ref import ModelRef
+    from pipeline.models.repository import ModelRepository
 
     root = console.models_dir(args)
     ref = ModelRef.parse(args.model)
@@ -167,8 +167,8 @@ def _local_root(args: argparse.Namespace) -> Path:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from pipeline.model_add import AddRequest, add_model
-    from pipeline.model_ref import ModelRef
+    from pipeline.models.add import AddRequest, add_model
+    from pipeline.models.ref import ModelRef
 
     height, width = args.size if args.size else (None, None)
     request = AddRequest(
@@ -205,8 +205,8 @@ def describe(model: ModelVersion) -> str:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from pipeline.model_ref import ModelRef
-    from pipeline.quantize import quantize_model
+    from pipeline.models.quantize import quantize_model
+    from pipeline.models.ref import ModelRef
 
     root = _local_root(args)
     ref = ModelRef.parse(args.model)
@@ -227,7 +227,7 @@ DEMO_IMAGES = Path(__file__).resolve().parent / "demo_images"
 
 def default_calibration(root: Path, ref: ModelRef) -> Path:
     """A version's own ``calibration/`` folder when it ships one (the digits model does), else the demo photos."""
-    from pipeline.models import ModelRepository
+    from pipeline.models.repository import ModelRepository
 
     version = ModelRepository(str(root)).resolve_version(ref.name, ref.version)
     own = root / ref.name / version / "calibration"

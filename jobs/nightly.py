@@ -38,16 +38,16 @@ from jobs.batch_score import (  # noqa: E402
 )
 from jobs.exit_codes import ExitCode  # noqa: E402
 from jobs.options import add_scoring_options, scoring_options  # noqa: E402
-from pipeline.fingerprints import FingerprintMode  # noqa: E402
+from pipeline.nightly.fingerprints import FingerprintMode  # noqa: E402
 
 EXAMPLE = "example: streamscore nightly jobs/demo_images out/nightly.delta --model efficientnet-lite0"
-# Test hook (README): the nightly run SIGKILLs itself at this point (``pipeline.nightly.FAULT_POINTS``).
+# Test hook (README): the nightly run SIGKILLs itself at this point (``pipeline.nightly.job.FAULT_POINTS``).
 FAULT_ENV = "STREAMSCORE_NIGHTLY_FAULT"
 
 
 # Measured on 2 cores: Ray's start-up (about 8 s) is worth it from about a thousand images on.
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipeline.nightly import DEFAULT_SHARD_ROWS, RETRIED_REASONS
+    from pipeline.nightly.job import DEFAULT_SHARD_ROWS, RETRIED_REASONS
 
     parser.epilog = EXAMPLE
     parser.add_argument(
@@ -83,11 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, started_at: float | None = None) -> int:
     from operators.reasons import Reason
     from pipeline.graph import build_graph
-    from pipeline.model_ref import ModelRef
-    from pipeline.models import ModelRepository
-    from pipeline.nightly import NightlyJob, RunInProgressError, default_job_id, run_nightly
-    from pipeline.planner import ResourcePlan, plan_resources
-    from pipeline.sources import FileListing
+    from pipeline.models.ref import ModelRef
+    from pipeline.models.repository import ModelRepository
+    from pipeline.nightly.job import NightlyJob, RunInProgressError, default_job_id, run_nightly
+    from pipeline.runs.planner import ResourcePlan, plan_resources
+    from pipeline.runs.sources import FileListing
 
     started_at = started_at if started_at is not None else time.perf_counter()
     options = scoring_options(args)

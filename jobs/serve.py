@@ -62,7 +62,7 @@ def serve_config(values: dict[str, Any]) -> Any:
     """``ServeConfig`` from ``values`` plus what the environment says: the admin token
     (``STREAMSCORE_ADMIN_TOKEN`` wins over ``admin_token``) and, when ``models_dir`` is not given, the models
     folder found as every command finds it. A local models folder is made absolute: replicas run elsewhere."""
-    from pipeline.models import MODELS_DIR_ENV, find_models_dir
+    from pipeline.models.repository import MODELS_DIR_ENV, find_models_dir
     from pipeline.serving.config import ServeConfig
 
     values = dict(values)
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from jobs.ingress import check_port, use_fast_ingress
-    from pipeline.models import ModelRepository
+    from pipeline.models.repository import ModelRepository
     from pipeline.serving.app import APP_NAME, deploy
 
     config = load_config(args)

@@ -60,7 +60,7 @@ def read_model_bytes(uri: str) -> bytes:
 
 def session_source(uri: str) -> str | bytes:
     """What to hand ONNX Runtime for ``uri``: a local file's path, so that external data beside it is found
-    (checked to stay in the version's folder by ``pipeline.onnx_graph`` when the version is loaded and added);
+    (checked to stay in the version's folder by ``pipeline.models._onnx_graph`` when it is loaded and added);
     the bytes of a remote one, which must then hold all its weights."""
     filesystem, path = resolve(uri)
     if isinstance(filesystem, pafs.LocalFileSystem):

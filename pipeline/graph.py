@@ -18,8 +18,8 @@ import operators
 from common.errors import ContractError
 from operators._rows import batch_length, concatenate, errors_of, object_array, one_row
 from operators.base import ERROR, ERROR_COLUMN, Batch, Column, Operator, OperatorSpec
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository, ModelVersion
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository, ModelVersion
 from pipeline.options import ScoringOptions
 from pipeline.output import predictions_table
 

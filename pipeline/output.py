@@ -21,7 +21,7 @@ from operators.base import ERROR, Batch
 from operators.reasons import reason_of
 
 if TYPE_CHECKING:
-    from pipeline.models import ModelVersion
+    from pipeline.models.repository import ModelVersion
 
 TOP_K_TYPE = pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())]))
 EMBEDDING_TYPE = pa.list_(pa.float32())

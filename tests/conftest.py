@@ -36,7 +36,7 @@ def ray_cluster() -> Iterator[dict[str, float]]:
 
 @pytest.fixture(scope="session")
 def repository():
-    from pipeline.models import ModelRepository
+    from pipeline.models.repository import ModelRepository
 
     return ModelRepository(str(MODELS_DIR))
 

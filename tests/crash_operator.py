@@ -23,7 +23,7 @@ import numpy as np
 from operators._registry import register
 from operators._rows import ok_mask
 from operators.base import ERROR_COLUMN, Batch, Column, Operator, Params
-from pipeline.models import ModelRepository
+from pipeline.models.repository import ModelRepository
 
 _MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 KILL_GREY = 13  # an image all of this grey: the process SIGKILLs itself, as the out-of-memory killer would

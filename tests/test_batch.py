@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 
 from common.errors import ErrorBudgetExceeded, InputError
-from pipeline.batch import preprocessed_dataset, run_batch, source_dataset
 from pipeline.graph import build_graph
-from pipeline.isolation import start_journal
 from pipeline.options import ScoringOptions
-from pipeline.planner import ResourceOverrides, plan_resources
-from pipeline.sources import detect_source
+from pipeline.runs._isolation import start_journal
+from pipeline.runs.planner import ResourceOverrides, plan_resources
+from pipeline.runs.ray_data import preprocessed_dataset, run_batch, source_dataset
+from pipeline.runs.sources import detect_source
 from tests.bad_images import bad_inputs
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ def test_every_shipped_and_benchmark_model_has_one_builder() -> None:
 
 
 def test_python_m_builders_writes_a_version_the_repository_loads(tmp_path: Path) -> None:
-    from pipeline.models import ModelRepository
+    from pipeline.models.repository import ModelRepository
 
     done = subprocess.run(
         [sys.executable, "-m", "builders", "mobilenetv2-shaped", "--models-dir", str(tmp_path), "--version", "3"],

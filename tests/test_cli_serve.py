@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipeline.graph import build_graph
-from pipeline.models import ModelRepository
+from pipeline.models.repository import ModelRepository
 from tests.conftest import MODELS_DIR, REPO, wait_for
 from tests.processes import (
     DEMO_IMAGES,

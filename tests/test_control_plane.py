@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from common.errors import ConfigError
-from pipeline.model_ref import ModelRef
+from pipeline.models.ref import ModelRef
 from pipeline.serving.control import ControlPlane, VersionState
 from pipeline.serving.routing import RoutingPolicy
 

@@ -20,9 +20,9 @@ import pytest
 from deltalake import DeltaTable
 
 from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
-from pipeline.default_version import DEFAULT_FILE, read_default, write_default
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository
+from pipeline.models.default_version import DEFAULT_FILE, read_default, write_default
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository
 from tests.conftest import MODELS_DIR, REPO
 from tests.processes import clean_env
 

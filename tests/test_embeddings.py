@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from pipeline.graph import build_graph
-from pipeline.models import ModelRepository
-from pipeline.nightly import NightlyJob, run_nightly
+from pipeline.models.repository import ModelRepository
+from pipeline.nightly.job import NightlyJob, run_nightly
 from pipeline.output import EMBEDDING_TYPE
-from pipeline.planner import ResourceOverrides, plan_resources
-from pipeline.sources import detect_source
+from pipeline.runs.planner import ResourceOverrides, plan_resources
+from pipeline.runs.sources import detect_source
 from tests.conftest import REPO
 
 MODEL = "efficientnet-lite0-embed"
@@ -58,7 +58,7 @@ def test_the_same_photo_in_two_formats_is_nearer_itself_than_any_other_photo(
 
 @pytest.mark.slow
 def test_batch_vectors_equal_the_in_process_ones_and_bad_rows_come_out(ray_cluster, repository, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.batch import run_batch
+    from pipeline.runs.ray_data import run_batch
 
     names = _demo_set(tmp_path / "images")
     (tmp_path / "images" / "truncated.jpg").write_bytes((DEMO / "truncated.jpg").read_bytes())

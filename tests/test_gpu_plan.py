@@ -15,7 +15,7 @@ import pytest
 from common.errors import ModelLoadError
 from operators.infer import InferParams, make_session
 from pipeline.graph import build_graph
-from pipeline.planner import ResourceOverrides, plan_resources
+from pipeline.runs.planner import ResourceOverrides, plan_resources
 from tests.conftest import MODELS_DIR
 
 # Where a GPU is present a CUDA session may well work: the session tests are about machines without one.
@@ -52,7 +52,7 @@ def test_a_graph_placed_on_cuda_scores_nothing_on_the_cpu(repository, digit_file
 def test_a_serve_scorer_given_gpus_answers_every_request_with_the_error(repository) -> None:  # type: ignore[no-untyped-def]
     """A Scorer whose config gives it GPUs asks ORT for CUDA; without it, each request gets the reason (a 503 at
     the gateway), never CPU predictions."""
-    from pipeline.model_ref import ModelRef
+    from pipeline.models.ref import ModelRef
     from pipeline.serving.config import ServeConfig
     from pipeline.serving.scorer import ModelScorer
 
@@ -84,7 +84,7 @@ def test_an_actor_ray_gave_no_gpu_refuses_a_cuda_plan(ray_cluster, repository, a
     (the run fails) instead of opening a session at all (on any machine: Ray assigns this actor no GPU)."""
     import ray
 
-    from pipeline import batch
+    import pipeline.runs.ray_data as batch
 
     graph = build_graph("digits", repository, read_files=True).on_device("cuda")
     args = (graph.inference, graph.model) if actor == "InferenceActor" else (graph,)

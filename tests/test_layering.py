@@ -111,3 +111,27 @@ def test_no_module_is_over_400_lines() -> None:
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > 400
     }
     assert long == {}
+
+
+# Inside pipeline: the concepts a newcomer reads in this order, each importing only those before it (the
+# top-level graph, options and output sit beside models: ``models.add`` and ``quantize`` run the graph).
+PIPELINE_ROOMS = {
+    "pipeline.models": set(),
+    "pipeline.runs": {"pipeline.models"},
+    "pipeline.nightly": {"pipeline.models", "pipeline.runs"},
+    "pipeline.serving": {"pipeline.models"},
+}
+
+
+def test_pipeline_rooms_import_only_the_rooms_before_them() -> None:
+    modules = _modules()
+    wrong = []
+    for name, path in modules.items():
+        room = next((r for r in PIPELINE_ROOMS if name == r or name.startswith(r + ".")), None)
+        if room is None:
+            continue
+        for imported in _imports(path, set(modules)):
+            other = next((r for r in PIPELINE_ROOMS if imported == r or imported.startswith(r + ".")), None)
+            if other is not None and other != room and other not in PIPELINE_ROOMS[room]:
+                wrong.append(f"{name} imports {imported}")
+    assert wrong == []

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from pipeline.graph import build_graph
-from pipeline.local_scoring import LocalScoringFailed, run_locally, score_locally
-from pipeline.sources import detect_source
+from pipeline.runs.local import LocalScoringFailed, run_locally, score_locally
+from pipeline.runs.sources import detect_source
 from tests.bad_images import bad_inputs
 from tests.conftest import REPO
 from tests.crash_operator import (
@@ -115,7 +115,7 @@ def test_a_row_that_runs_its_process_out_of_memory_is_an_error_row(digit_files, 
 
 def test_processes_that_cannot_start_fail_the_run_with_the_reason(repository, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     shutil.copytree(repository.root + "/digits", tmp_path / "models" / "digits")
-    from pipeline.models import ModelRepository
+    from pipeline.models.repository import ModelRepository
 
     graph = build_graph("digits", ModelRepository(str(tmp_path / "models")), read_files=True)
     (tmp_path / "models" / "digits" / "1" / "model.onnx").write_bytes(b"replaced after the graph was built")
@@ -133,7 +133,7 @@ def test_children_skip_pandas_yet_can_still_import_it() -> None:
 
     script = (
         "import sys, pyarrow as pa\n"
-        "from pipeline.local_scoring import _arrow_without_pandas\n"
+        "from pipeline.runs.local import _arrow_without_pandas\n"
         "_arrow_without_pandas()\n"
         "assert pa.table({'a': [1, 2]}).num_rows == 2 and 'pandas' not in sys.modules\n"
         "import pandas\n"

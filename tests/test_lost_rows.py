@@ -83,11 +83,11 @@ def test_a_lost_row_fails_the_run_and_publishes_nothing(inputs, tmp_path: Path, 
 def test_ray_data_runs_check_parquet_rows_too(ray_cluster, inputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The Ray executor's tables go through the same check (``publish_run``), Parquet read by Ray Data."""
     from common.errors import LostRowsError
-    from pipeline.batch import run_batch
     from pipeline.graph import build_graph
-    from pipeline.models import ModelRepository
-    from pipeline.planner import ResourceOverrides, plan_resources
-    from pipeline.sources import detect_source
+    from pipeline.models.repository import ModelRepository
+    from pipeline.runs.planner import ResourceOverrides, plan_resources
+    from pipeline.runs.ray_data import run_batch
+    from pipeline.runs.sources import detect_source
 
     _, parquet, models = inputs
     graph = build_graph("digits", ModelRepository(str(models)))

@@ -15,10 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from common.errors import ConfigError, ModelLoadError
 from pipeline.graph import graph_for_model
-from pipeline.manifest import ModelManifest
-from pipeline.model_add import AddRequest, add_model
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository
+from pipeline.models.add import AddRequest, add_model
+from pipeline.models.manifest import ModelManifest
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository
 from pipeline.options import ScoringOptions
 from tests.conftest import MODELS_DIR, REPO
 

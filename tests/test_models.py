@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository
 from tests.conftest import MODELS_DIR
 
 

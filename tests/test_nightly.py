@@ -18,10 +18,10 @@ import pytest
 from deltalake import DeltaTable
 
 from pipeline.graph import build_graph
-from pipeline.models import ModelRepository
-from pipeline.nightly import NightlyJob, RunReport, run_nightly
-from pipeline.planner import ResourceOverrides, plan_resources
-from pipeline.sources import FileListing, detect_source
+from pipeline.models.repository import ModelRepository
+from pipeline.nightly.job import NightlyJob, RunReport, run_nightly
+from pipeline.runs.planner import ResourceOverrides, plan_resources
+from pipeline.runs.sources import FileListing, detect_source
 from tests.conftest import MODELS_DIR
 
 pytestmark = pytest.mark.slow
@@ -211,7 +211,7 @@ def test_parquet_rows_are_fingerprinted_by_their_bytes(ray_cluster, digit_files,
 def test_a_small_night_is_scored_without_ray_with_the_same_predictions(
     ray_cluster, digit_files, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.local_scoring import LOCAL_NODE
+    from pipeline.runs.local import LOCAL_NODE
 
     images = _images(tmp_path / "images", digit_files, 24)
     (local,) = _night(ray_cluster, str(images), tmp_path / "local.delta", executor="local")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.errors import ConfigError
-from pipeline.planner import ResourceOverrides, plan_resources
+from pipeline.runs.planner import ResourceOverrides, plan_resources
 
 CLUSTERS = [{"CPU": 1.0}, {"CPU": 2.0}, {"CPU": 8.0}, {"CPU": 16.0, "GPU": 1.0}, {"CPU": 64.0, "GPU": 8.0}]
 

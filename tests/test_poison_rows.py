@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from common.errors import WorkerCrashedError
-from pipeline.batch import run_batch
 from pipeline.graph import build_graph
-from pipeline.isolation import MAX_TASK_RETRIES
-from pipeline.planner import ResourceOverrides, plan_resources
-from pipeline.sources import detect_source
+from pipeline.runs._isolation import MAX_TASK_RETRIES
+from pipeline.runs.planner import ResourceOverrides, plan_resources
+from pipeline.runs.ray_data import run_batch
+from pipeline.runs.sources import detect_source
 from tests.crash_operator import (
     KILL_GREY,
     OOM_GREY,

@@ -14,10 +14,10 @@ import pytest
 from common.errors import ConfigError
 from jobs.model_commands import DEMO_IMAGES
 from pipeline.graph import graph_for_model
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository
+from pipeline.models.quantize import quantize_model
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository
 from pipeline.options import ScoringOptions
-from pipeline.quantize import quantize_model
 from tests.conftest import MODELS_DIR, REPO
 
 

@@ -32,7 +32,7 @@ from jobs.exit_codes import ExitCode
 from operators._rows import object_array
 from operators.base import ERROR
 from pipeline.graph import Stage, build_graph
-from pipeline.models import ModelRepository
+from pipeline.models.repository import ModelRepository
 from pipeline.options import ScoringOptions
 from tests.bad_images import png_declaring
 from tests.conftest import MODELS_DIR, REPO

@@ -11,8 +11,8 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 
 from operators.reasons import Reason
+from pipeline.nightly.scored_table import ScoredTable, table_schema
 from pipeline.output import ERROR_REASON, error_columns
-from pipeline.scored_table import ScoredTable, table_schema
 
 
 def _rows(errors: list[str | None], schema: pa.Schema) -> pa.Table:

@@ -10,7 +10,7 @@ from tests.serving import MODEL
 
 
 def test_graph_cache_holds_the_least_recently_used_versions_up_to_its_capacity(repository) -> None:  # type: ignore[no-untyped-def]
-    from pipeline.model_ref import ModelRef
+    from pipeline.models.ref import ModelRef
     from pipeline.serving.config import ServeConfig
     from pipeline.serving.scorer import GraphCache
 

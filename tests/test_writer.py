@@ -11,7 +11,7 @@ import pytest
 
 from common.errors import InputError
 from pipeline.output import PREDICTION_SCHEMA
-from pipeline.writer import PredictionWriter, check_output
+from pipeline.runs._writer import PredictionWriter, check_output
 
 
 def _table(n: int, start: int = 0) -> pa.Table:

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from common.errors import ConfigError, HttpError, StreamScoreError
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository
 from pipeline.serving.auth import BearerAuth
 from pipeline.serving.control import ControlSnapshot, ControlView, VersionState
 from pipeline.serving.http_body import BodyReader

@@ -16,8 +16,8 @@ from typing import Any
 from ray import serve
 
 from common.errors import ConfigError, StreamScoreError
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import ControlPlane
 from pipeline.serving.gateway import Gateway

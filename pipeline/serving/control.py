@@ -21,7 +21,7 @@ from ray import serve
 from ray.exceptions import RayError
 
 from common.errors import ConfigError
-from pipeline.model_ref import ModelRef
+from pipeline.models.ref import ModelRef
 from pipeline.serving.routing import RoutingPolicy
 
 logger = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from common.errors import ConfigError, HttpError, ModelNotFoundError, StreamScoreError
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository
 from pipeline.serving import v2
 from pipeline.serving.admin import AdminRoutes
 from pipeline.serving.auth import BearerAuth

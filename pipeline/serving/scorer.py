@@ -24,8 +24,8 @@ from common.errors import InferenceError, StreamScoreError
 from operators._rows import object_array
 from operators.base import ERROR
 from pipeline.graph import Graph, Stage, graph_for_model
-from pipeline.model_ref import ModelRef
-from pipeline.models import ModelRepository
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import ModelRepository
 from pipeline.output import predictions_table
 from pipeline.serving.config import ServeConfig
 

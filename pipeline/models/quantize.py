@@ -24,10 +24,10 @@ import numpy as np
 from common.errors import ConfigError, ModelLoadError
 from operators._rows import object_array
 from pipeline.graph import Stage, graph_for_model
-from pipeline.manifest import QuantizationSpec
-from pipeline.model_add import new_version_ref, publish_version
-from pipeline.model_ref import ModelRef
-from pipeline.models import MANIFEST_FILE, MODEL_FILE, ModelRepository, ModelVersion
+from pipeline.models.add import new_version_ref, publish_version
+from pipeline.models.manifest import QuantizationSpec
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import MANIFEST_FILE, MODEL_FILE, ModelRepository, ModelVersion
 from pipeline.options import ScoringOptions
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from common.errors import ModelLoadError
 from common.filesystems import join
-from pipeline.model_ref import check_id
+from pipeline.models.ref import check_id
 
 DEFAULT_FILE = "_default.json"
 

@@ -13,9 +13,9 @@ from typing import Any
 import pyarrow as pa
 
 from common.errors import ErrorBudgetExceeded, LostRowsError, WorkerCrashedError
-from pipeline.run_summary import RunSummary
-from pipeline.sources import FileListing, Source
-from pipeline.writer import PredictionWriter
+from pipeline.runs._writer import PredictionWriter
+from pipeline.runs.sources import FileListing, Source
+from pipeline.runs.summary import RunSummary
 
 
 def publish_run(

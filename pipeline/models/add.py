@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import ConfigError, ModelLoadError, StreamScoreError
 from operators.resize import Interpolation
-from pipeline.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
-from pipeline.model_ref import ModelRef
-from pipeline.models import MANIFEST_FILE, MODEL_FILE, ModelRepository, ModelVersion
-from pipeline.onnx_graph import GraphSignature, inspect_graph
+from pipeline.models._onnx_graph import GraphSignature, inspect_graph
+from pipeline.models.manifest import InputSpec, ModelManifest, OutputSpec, PreprocessSpec
+from pipeline.models.ref import ModelRef
+from pipeline.models.repository import MANIFEST_FILE, MODEL_FILE, ModelRepository, ModelVersion
 
 logger = logging.getLogger(__name__)
 

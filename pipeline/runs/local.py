@@ -39,9 +39,9 @@ from operators.base import ERROR
 from operators.reasons import Reason
 from pipeline.graph import Graph, Stage
 from pipeline.output import predictions_table
-from pipeline.publish import publish_run
-from pipeline.run_summary import RunSummary
-from pipeline.sources import FileListing, Source
+from pipeline.runs.publish import publish_run
+from pipeline.runs.sources import FileListing, Source
+from pipeline.runs.summary import RunSummary
 
 logger = logging.getLogger(__name__)
 

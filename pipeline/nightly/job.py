@@ -2,10 +2,10 @@
 
 A run goes through fixed steps, each leaving what the next start needs to carry on:
 
-1. **Freeze.** List the source (files, or the rows of a Parquet dataset), fingerprint every input (``pipeline/fingerprints.py``) and keep those whose
+1. **Freeze.** List the source (files, or the rows of a Parquet dataset), fingerprint every input (``pipeline/nightly/fingerprints.py``) and keep those whose
    ``(id, fingerprint)`` has no standing outcome in the table for this model version (an anti-join). The frozen
    set is written to ``<table>/_streamscore/<job>/run-<v>/inputs-<digest>.parquet``, then **claimed** in the
-   table (``pipeline/scored_table.py``): from here on, run ``v`` is exactly these inputs.
+   table (``pipeline/nightly/scored_table.py``): from here on, run ``v`` is exactly these inputs.
 2. **Score in shards.** The frozen set, in id order, is cut into shards of ``shard_rows``; each shard's rows are
    written to ``shard-NNNNN.parquet`` beside it once all of them are scored. A resumed run skips the shards
    already there, so a crash costs at most the shards in flight.
@@ -42,15 +42,15 @@ from common.errors import LostRowsError, StreamScoreError, WorkerCrashedError
 from common.filesystems import resolve
 from common.processes import process_exists
 from operators.reasons import Reason
-from pipeline.batch import scored_tables
-from pipeline.fingerprints import FingerprintMode, fingerprinted, frozen_set_digest
 from pipeline.graph import Graph
-from pipeline.local_scoring import score_locally, source_batches
+from pipeline.nightly._shards import Shards, shard_path
+from pipeline.nightly.fingerprints import FingerprintMode, fingerprinted, frozen_set_digest
+from pipeline.nightly.scored_table import RunTakenError, ScoredTable, claimant, table_schema
 from pipeline.output import ERROR_REASON, fill_error_reasons
-from pipeline.planner import ResourcePlan
-from pipeline.scored_table import RunTakenError, ScoredTable, claimant, table_schema
-from pipeline.shards import Shards, shard_path
-from pipeline.sources import FileListing, ParquetSource
+from pipeline.runs.local import score_locally, source_batches
+from pipeline.runs.planner import ResourcePlan
+from pipeline.runs.ray_data import scored_tables
+from pipeline.runs.sources import FileListing, ParquetSource
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class NightlyJob:
     fingerprint: FingerprintMode = "metadata"
     shard_rows: int = DEFAULT_SHARD_ROWS
     retried_reasons: frozenset[str] = RETRIED_REASONS
-    # "local": score in child processes of this one, without Ray (``pipeline/local_scoring.py``); only for a
+    # "local": score in child processes of this one, without Ray (``pipeline/runs/local.py``); only for a
     # machine of its own. "ray": Ray Data, on the cluster the caller connected to.
     executor: Literal["local", "ray"] = "ray"
     processes: int | None = None  # local: scoring processes (None: one per core)

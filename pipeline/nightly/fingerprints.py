@@ -21,7 +21,7 @@ import pyarrow.fs as pafs
 
 from common.errors import InputError
 from common.filesystems import resolve
-from pipeline.sources import FileListing, ParquetSource
+from pipeline.runs.sources import FileListing, ParquetSource
 
 FingerprintMode = Literal["metadata", "content"]
 _HASH_THREADS = 8  # reading is I/O-bound and hashlib releases the GIL

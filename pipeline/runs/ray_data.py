@@ -21,13 +21,13 @@ from common.errors import ModelLoadError, WorkerCrashedError
 from operators._rows import object_array
 from operators.base import ERROR, Batch, OperatorSpec
 from pipeline.graph import Graph, Stage
-from pipeline.isolation import MAX_TASK_RETRIES, IsolatingStage, forget_fault_reports, start_journal
-from pipeline.models import ModelVersion
+from pipeline.models.repository import ModelVersion
 from pipeline.output import predictions_table
-from pipeline.planner import ResourcePlan
-from pipeline.publish import publish_run
-from pipeline.run_summary import RunSummary
-from pipeline.sources import FileListing, ParquetSource, Source
+from pipeline.runs._isolation import MAX_TASK_RETRIES, IsolatingStage, forget_fault_reports, start_journal
+from pipeline.runs.planner import ResourcePlan
+from pipeline.runs.publish import publish_run
+from pipeline.runs.sources import FileListing, ParquetSource, Source
+from pipeline.runs.summary import RunSummary
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class FusedActor:
 
 # Ray Data restarts a dead actor and retries its task forever by default: a row that kills its worker (OOM kill,
 # crash in a native decoder) would loop without end. Tasks are retried a bounded number of times instead, which
-# is what pipeline.isolation needs to find such a row; a block that kills its worker more often than that ends
+# is what pipeline.runs._isolation needs to find such a row; a block that kills its worker more often than that ends
 # the run with WorkerCrashedError. Ray 2.60 takes these only through ray_remote_args, which it warns is
 # deprecated (no named parameter replaces them yet), hence _map_batches.
 ACTOR_FAULT_POLICY: dict[str, Any] = {"max_restarts": -1, "max_task_retries": MAX_TASK_RETRIES}
@@ -295,7 +295,7 @@ def run_batch(
     started_at: float | None = None,
 ) -> RunSummary:
     """Score ``source`` into ``output_uri`` with Ray Data; needs a connected Ray (``ray.init`` is the caller's
-    business). What is published, and when, is ``pipeline.publish.publish_run``'s: the same for every executor."""
+    business). What is published, and when, is ``pipeline.runs.publish.publish_run``'s: the same for every executor."""
     return publish_run(
         scored_tables(graph, source, plan),
         source,

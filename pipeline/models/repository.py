@@ -1,5 +1,5 @@
 """The model repository: ``<root>/<name>/<version>/{model.onnx, manifest.json, labels.txt}``, plus each model's
-default version (``<root>/<name>/_default.json``, see ``pipeline/default_version.py``).
+default version (``<root>/<name>/_default.json``, see ``pipeline/models/default_version.py``).
 
 The root is a local folder or any pyarrow/fsspec URI. Loading a version validates its manifest and checks
 the ONNX graph's input and output against it, so a mismatch fails the job before any image is read.
@@ -20,9 +20,9 @@ from pydantic import ValidationError
 
 from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from common.filesystems import join, resolve
-from pipeline.default_version import read_default, write_default
-from pipeline.manifest import ModelManifest
-from pipeline.model_ref import ModelRef, check_id
+from pipeline.models.default_version import read_default, write_default
+from pipeline.models.manifest import ModelManifest
+from pipeline.models.ref import ModelRef, check_id
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def check_model_matches_manifest(model: ModelVersion) -> None:
 
     source = session_source(model.model_uri)
     if isinstance(source, str):  # a local file: its external data must stay in its folder, checked before ORT reads it
-        from pipeline.onnx_graph import external_data_files
+        from pipeline.models._onnx_graph import external_data_files
 
         external_data_files(Path(source))
     options = ort.SessionOptions()
@@ -260,7 +260,7 @@ def check_model_matches_manifest(model: ModelVersion) -> None:
 
 MODELS_DIR_ENV = "STREAMSCORE_MODELS_DIR"
 # The repository's own models/ folder, when the package runs from a checkout (pip install -e .).
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 
 
 def find_models_dir(given: str | None, from_env: str | None, cwd: Path) -> str:
