@@ -100,7 +100,7 @@ def test_new_changed_and_new_model_version_inputs_are_scored_once(ray_cluster, d
     def poll() -> None:  # a reader during the run sees the table before the commit or after it
         while not stop.is_set():
             counts.add(DeltaTable(str(table)).to_pyarrow_dataset().count_rows())
-            time.sleep(0.02)
+            time.sleep(0.2)  # a reader's pace: every 20 ms took a core from the run it watches
 
     reader = threading.Thread(target=poll)
     reader.start()

@@ -73,9 +73,21 @@ def test_fuzzed_requests_are_parsed_or_refused_with_a_reason(
     body = json.dumps(header).encode()
     length = len(body) if declared is None and binary else declared
     try:
-        parse_infer_request(body + binary, length)
+        parsed = parse_infer_request(body + binary, length)
     except BadRequest as exc:
         assert str(exc)
+        return
+    # Accepted: the images are exactly what the request carried, as many as its shape says.
+    assert isinstance(header, dict) and parsed.images and all(isinstance(image, bytes) for image in parsed.images)
+    assert parsed.request_id == (header["id"] if isinstance(header.get("id"), str) else None)
+    spec = header["inputs"][0]
+    if isinstance(spec["shape"][0], int) and spec["shape"][0] >= 0:
+        assert len(parsed.images) == spec["shape"][0]
+    tail = (body + binary)[length:] if length else b""
+    if "binary_data_size" in spec.get("parameters", {}):
+        assert b"".join(struct.pack("<I", len(i)) + i for i in parsed.images) == tail
+    else:
+        assert len(parsed.images) == len(spec["data"])
 
 
 @settings(max_examples=200, deadline=None)
@@ -85,3 +97,23 @@ def test_random_bytes_are_refused_with_a_reason(body: bytes, declared: int | Non
         parse_infer_request(body, declared)
     except BadRequest as exc:
         assert str(exc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    images=st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=4),
+    binary=st.booleans(),
+    request_id=st.none() | st.text(max_size=12),
+)
+def test_valid_requests_round_trip_their_images(images: list[bytes], binary: bool, request_id: str | None) -> None:
+    """Every well-formed request, in either encoding, gives back exactly its images, in order, and its id."""
+    spec: dict[str, object] = {"name": "image", "datatype": "BYTES", "shape": [len(images)]}
+    tail = b"".join(struct.pack("<I", len(i)) + i for i in images) if binary else b""
+    if binary:
+        spec["parameters"] = {"binary_data_size": len(tail)}
+    else:
+        spec["data"] = [base64.b64encode(i).decode() for i in images]
+    header = {"inputs": [spec]} | ({"id": request_id} if request_id is not None else {})
+    body = json.dumps(header).encode()
+    parsed = parse_infer_request(body + tail, len(body) if binary else None)
+    assert parsed.images == images and parsed.request_id == request_id
