@@ -47,9 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     commands = parser.add_subparsers(dest="models_command", required=True)
     listing = commands.add_parser(
-        "list", help="list models and versions", epilog="example: streamscore models list --models-dir models",
+        "list",
+        help="list models and versions",
+        epilog="example: streamscore models list --models-dir models",
         formatter_class=_FORMAT,
-    )  # fmt: skip
+    )
     console.add_models_dir(listing)
     listing.set_defaults(models_handler=_list)
 
@@ -68,11 +70,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     presets = "\n".join(f"  {name}: {preset.description}" for name, preset in PRESETS.items())
     add = commands.add_parser(
-        "add", help="add an ONNX model as a new, checked version", formatter_class=_FORMAT,
+        "add",
+        help="add an ONNX model as a new, checked version",
+        formatter_class=_FORMAT,
         description="Inspect an ONNX graph, build its manifest from a preprocessing preset (every field can be "
         "overridden), write the version, then load it and score a warm-up image.\n\npresets:\n" + presets,
         epilog="example: streamscore models add resnet18 resnet18.onnx --preset imagenet --labels labels.txt",
-    )  # fmt: skip
+    )
     add.add_argument("model", metavar="NAME[:VERSION]", help="the model and version to add (default version: next)")
     add.add_argument("onnx", type=Path, metavar="PATH.onnx")
     add.add_argument("--preset", required=True, choices=sorted(PRESETS), help="preprocessing convention")
@@ -97,22 +101,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.set_defaults(models_handler=_add)
 
     quantize = commands.add_parser(
-        "quantize", help="write a static INT8 version of a model and report its speed and agreement",
+        "quantize",
+        help="write a static INT8 version of a model and report its speed and agreement",
         formatter_class=_FORMAT,
         description="Static QDQ quantization (per-channel weights) with ONNX Runtime, calibrated on images run "
         "through the model's own preprocessing. Writes a new version, then scores the same images with both "
         "versions in one run: size, images/s, top-1 agreement and top-5 hits.",
         epilog="example: streamscore models quantize efficientnet-lite0:1 --calibration my_photos --images 200",
-    )  # fmt: skip
+    )
     quantize.add_argument(
         "model", metavar="NAME:VERSION", help="the fp32 version to quantize (NAME: its default version)"
     )
-    quantize.add_argument("--calibration", type=Path, action="append", metavar="DIR",
-                          help="images to calibrate on (repeatable; default: the bundled calibration images)")  # fmt: skip
+    quantize.add_argument(
+        "--calibration",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="images to calibrate on (repeatable; default: the bundled calibration images)",
+    )
     quantize.add_argument("--images", type=int, default=None, help="calibration images to use (default: all found)")
-    quantize.add_argument("--evaluate", type=Path, action="append", metavar="DIR",
-                          help="held-out images to compare both versions on (default: the calibration images)")  # fmt: skip
+    quantize.add_argument(
+        "--evaluate",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="held-out images to compare both versions on (default: the calibration images)",
+    )
     quantize.add_argument("--version", dest="new_version", help="version to write (default: next)")
+    quantize.add_argument("--promote", action="store_true", help=_PROMOTE_HELP)
     console.add_models_dir(quantize)
     quantize.set_defaults(models_handler=_quantize)
 
@@ -172,11 +188,22 @@ def _add(args: argparse.Namespace) -> int:
 
     height, width = args.size if args.size else (None, None)
     request = AddRequest(
-        preset=args.preset, task=args.task, input_name=args.input_name, output_name=args.output_name,
-        layout=args.layout, height=height, width=width, color=args.color, resize_shorter=args.resize_shorter,
-        interpolation=args.interpolation, mean=args.mean, std=args.std, output_kind=args.output_kind,
-        l2_normalize=args.l2_normalize, source=args.source,
-    )  # fmt: skip
+        preset=args.preset,
+        task=args.task,
+        input_name=args.input_name,
+        output_name=args.output_name,
+        layout=args.layout,
+        height=height,
+        width=width,
+        color=args.color,
+        resize_shorter=args.resize_shorter,
+        interpolation=args.interpolation,
+        mean=args.mean,
+        std=args.std,
+        output_kind=args.output_kind,
+        l2_normalize=args.l2_normalize,
+        source=args.source,
+    )
     root = _local_root(args)
     model = add_model(root, ModelRef.parse(args.model), args.onnx, request, args.labels, promote=args.promote)
     print(f"added {model.name}:{model.version} to {root}" + (" as its default" if args.promote else ""))
@@ -217,6 +244,7 @@ def _quantize(args: argparse.Namespace) -> int:
         max_images=args.images,
         evaluation=args.evaluate,
         new_version=args.new_version,
+        promote=args.promote,
     )
     print(report.render())
     return 0

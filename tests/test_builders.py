@@ -29,8 +29,11 @@ def test_python_m_builders_writes_a_version_the_repository_loads(tmp_path: Path)
 
     done = subprocess.run(
         [sys.executable, "-m", "builders", "mobilenetv2-shaped", "--models-dir", str(tmp_path), "--version", "3"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"wrote {tmp_path / 'mobilenetv2-shaped' / '3'}"
     model = ModelRepository(str(tmp_path)).load("mobilenetv2-shaped")  # checks the graph against the manifest

@@ -123,9 +123,18 @@ def test_error_budget_exceeded_exits_3_and_writes_every_row(streamscore, tmp_pat
     out, summary_path = tmp_path / "out", tmp_path / "summary.json"
 
     run = streamscore(
-        "score", str(images), str(out), "--model", MODEL, "--models-dir", str(MODELS_DIR), "--max-error-fraction", "0.1",
-        "--summary-json", str(summary_path),
-    )  # fmt: skip
+        "score",
+        str(images),
+        str(out),
+        "--model",
+        MODEL,
+        "--models-dir",
+        str(MODELS_DIR),
+        "--max-error-fraction",
+        "0.1",
+        "--summary-json",
+        str(summary_path),
+    )
     assert run.returncode == 3, run.stderr
     assert "3 of 4 rows failed" in run.stderr and "over the allowed 10.0%" in run.stderr
     assert "rows: 4 (input rows: 4)" in run.stdout.splitlines()  # the closing summary is still printed

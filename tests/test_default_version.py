@@ -268,3 +268,16 @@ def test_serve_deploys_with_a_model_that_has_no_default(tmp_path: Path) -> None:
         (target / "manifest.json").write_text(json.dumps(manifest | {"name": "other", "version": version}))
     routing = routing_with_defaults_pinned(ServeConfig(models_dir=str(tmp_path)))
     assert set(routing) == {"digits"} and routing["digits"].versions() == {"1"}
+
+
+def test_quantize_keeps_what_name_means_unless_promote(tmp_path: Path) -> None:
+    """A quantized version is scored only when asked for, or once promoted (else nightly would re-score all)."""
+    repository = _repository(tmp_path, "1")
+    calibration = MODELS_DIR / "digits" / "1" / "calibration"
+    common = ("--calibration", str(calibration), "--images", "20", "--models-dir", str(tmp_path))
+    quiet = _cli("models", "quantize", "digits:1", *common)
+    assert quiet.returncode == 0, quiet.stderr
+    assert repository.versions("digits") == ["1", "2"] and repository.resolve_version("digits", None) == "1"
+    loud = _cli("models", "quantize", "digits:1", "--promote", *common)
+    assert loud.returncode == 0, loud.stderr
+    assert repository.resolve_version("digits", None) == "3"

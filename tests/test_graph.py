@@ -72,20 +72,30 @@ def test_contract_check_compares_dtype_rank_and_raggedness() -> None:
     """Names alone are not enough: each consumer must get the dtype, rank and raggedness it declares."""
     normalize = ("normalize", {"mean": [0], "std": [1]})
     # Decoded images are ragged uint8 arrays; normalize needs the dense (N, H, W, C) block a crop makes.
-    with pytest.raises(ContractError, match=r"reads 'pixels' as uint8\[N, H, W, C\], but the source writes it as "
-                       r"ragged uint8\[N, H, W, C\]"):  # fmt: skip
+    with pytest.raises(
+        ContractError,
+        match=r"reads 'pixels' as uint8\[N, H, W, C\], but the source writes it as "
+        r"ragged uint8\[N, H, W, C\]",
+    ):
         check_contract(_ops(normalize), [Column("pixels", "uint8", ("N", "H", "W", "C"), ragged=True)])
     with pytest.raises(ContractError, match=r"as float32\[N, K\], but the source writes it as float32\[N, H, W\]"):
         check_contract(_ops(("postprocess", {"labels": ["a"]})), [Column("output", "float32", ("N", "H", "W"))])
     with pytest.raises(ContractError, match="reads 'input' as float32.*writes it as uint8"):
-        check_contract(_ops(("infer", {"model_uri": "m.onnx", "input_name": "x", "output_name": "y"})),
-                       [Column("input", "uint8", ("N", "C", "H", "W"))])  # fmt: skip
+        check_contract(
+            _ops(("infer", {"model_uri": "m.onnx", "input_name": "x", "output_name": "y"})),
+            [Column("input", "uint8", ("N", "C", "H", "W"))],
+        )
     # The real graph passes, and "..." (any rank) accepts either layout normalize can write.
     for layout in ("NCHW", "NHWC"):
         infer = ("infer", {"model_uri": "m.onnx", "input_name": "x", "output_name": "y"})
-        ops = _ops(("decode", {}), ("resize", {"shorter": 8}), ("center_crop", {"height": 8, "width": 8}),
-                   ("normalize", {"mean": [0, 0, 0], "std": [1, 1, 1], "layout": layout}), infer,
-                   ("postprocess", {"labels": ["a"]}))  # fmt: skip
+        ops = _ops(
+            ("decode", {}),
+            ("resize", {"shorter": 8}),
+            ("center_crop", {"height": 8, "width": 8}),
+            ("normalize", {"mean": [0, 0, 0], "std": [1, 1, 1], "layout": layout}),
+            infer,
+            ("postprocess", {"labels": ["a"]}),
+        )
         check_contract(ops, [SOURCE_SCHEMA[c] for c in ("id", "bytes", "error")])
 
 

@@ -64,9 +64,10 @@ def test_every_row_comes_out_equal_to_the_in_process_graph(repository, digit_fil
 def test_a_parquet_source_is_read_a_few_rows_at_a_time(repository, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ids = [p.name for p, _ in digit_files[:20]]
     pq.write_table(
-        pa.table({"id": ids, "image": [p.read_bytes() for p, _ in digit_files[:20]]}), tmp_path / "in.parquet",
+        pa.table({"id": ids, "image": [p.read_bytes() for p, _ in digit_files[:20]]}),
+        tmp_path / "in.parquet",
         row_group_size=7,
-    )  # fmt: skip
+    )
     graph = build_graph("digits", repository)
     summary = run_locally(graph, detect_source(str(tmp_path / "in.parquet")), str(tmp_path / "out"), processes=2)
     table = pq.read_table(tmp_path / "out")

@@ -137,9 +137,11 @@ def test_grey_softmax_and_embedding_graphs(tmp_path: Path) -> None:
     assert (grey.manifest.input.color, grey.manifest.output.kind) == ("L", "probabilities")
     assert grey.manifest.preprocess.mean == (127.5,) and grey.labels == tuple(str(i) for i in range(CLASSES))
     embed = add_model(
-        root, ModelRef(name="feat", version="7"), _classifier(tmp_path / "e.onnx"),
+        root,
+        ModelRef(name="feat", version="7"),
+        _classifier(tmp_path / "e.onnx"),
         AddRequest(preset="raw", task="embedding", output_name="features", l2_normalize=True),
-    )  # fmt: skip
+    )
     assert (embed.version, embed.manifest.output.width, embed.labels) == ("7", 8, ())
     table = graph_for_model(embed, ScoringOptions()).run(_images(2))
     vectors = np.array(table.column("embedding").to_pylist())
@@ -218,10 +220,11 @@ def test_graphs_it_cannot_serve_are_refused_by_name(
 
 def test_a_graph_without_an_image_shaped_input_is_refused(tmp_path: Path) -> None:
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "flat",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "flat",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
-    )  # fmt: skip
+    )
     path = tmp_path / "flat.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     with pytest.raises(ModelLoadError, match=r"shape \[\?, 10\]: an image batch has 4 axes"):
@@ -272,9 +275,24 @@ def test_bundled_models_re_added_from_their_onnx_files_match_what_ships(
     shipped = MODELS_DIR / name / "1"
     labels = ["--labels", str(shipped / "labels.txt")] if (shipped / "labels.txt").exists() else []
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "models", "add", f"{name}:1", str(shipped / "model.onnx"), *flags, *labels, "--models-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "models",
+            "add",
+            f"{name}:1",
+            str(shipped / "model.onnx"),
+            *flags,
+            *labels,
+            "--models-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert f"added {name}:1 to {tmp_path}" in done.stdout
     added = ModelManifest.model_validate_json((tmp_path / name / "1" / "manifest.json").read_text())
@@ -289,8 +307,25 @@ def test_bundled_models_re_added_from_their_onnx_files_match_what_ships(
 def test_the_command_names_the_problem_and_exits_2(tmp_path: Path) -> None:
     path = _classifier(tmp_path / "m.onnx")
     done = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "models", "add", "net", str(path), "--preset", "imagenet", "--labels", str(_labels(tmp_path, 7)), "--models-dir", str(tmp_path / "repo")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "jobs.cli",
+            "models",
+            "add",
+            "net",
+            str(path),
+            "--preset",
+            "imagenet",
+            "--labels",
+            str(_labels(tmp_path, 7)),
+            "--models-dir",
+            str(tmp_path / "repo"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "output 'logits' gives 5 values per image but the labels file has 7 labels" in done.stderr

@@ -105,10 +105,25 @@ def _digits(folder: Path, digit_files: list[tuple[Path, int]], n: int) -> Path:
 
 def _command(cluster: Keeper, images: Path, table: Path, report: Path, models: Path = MODELS_DIR) -> list[str]:
     return [
-        sys.executable, "-m", "jobs.cli", "nightly", str(images), str(table), "--model", "digits",
-        "--models-dir", str(models), "--address", cluster.address, "--shard-rows", "20", "--batch-size", "8",
-        "--report-json", str(report),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "nightly",
+        str(images),
+        str(table),
+        "--model",
+        "digits",
+        "--models-dir",
+        str(models),
+        "--address",
+        cluster.address,
+        "--shard-rows",
+        "20",
+        "--batch-size",
+        "8",
+        "--report-json",
+        str(report),
+    ]
 
 
 def _start(command: list[str], fault: str | None = None) -> subprocess.Popen:
@@ -263,9 +278,22 @@ def test_labelled_nodes_take_their_role(cluster: Keeper, digit_files, tmp_path: 
     decode, inference = (cluster.ask(f"add 1 {role}")["node_id"] for role in ("decode", "inference"))
     try:
         images, table = _digits(tmp_path / "images", digit_files, 60), tmp_path / "t.delta"
-        one_each = ["--layout", "split", "--preprocess-actors", "1", "--max-preprocess-actors", "1",
-                    "--inference-actors", "1", "--max-inference-actors", "1",
-                    "--cpus-per-preprocess-actor", "0.5", "--cpus-per-inference-actor", "0.5"]  # fmt: skip
+        one_each = [
+            "--layout",
+            "split",
+            "--preprocess-actors",
+            "1",
+            "--max-preprocess-actors",
+            "1",
+            "--inference-actors",
+            "1",
+            "--max-inference-actors",
+            "1",
+            "--cpus-per-preprocess-actor",
+            "0.5",
+            "--cpus-per-inference-actor",
+            "0.5",
+        ]
         code, out = _finish(_start(_command(cluster, images, table, tmp_path / "r.json") + one_each))
         assert code == 0, out[-3000:]
         rows = _exactly_once(table, images)

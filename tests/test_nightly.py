@@ -172,8 +172,18 @@ def test_the_table_may_not_overlap_the_input_or_the_models(digit_files, tmp_path
     models = tmp_path / "models"
     shutil.copytree(MODELS_DIR / "digits", models / "digits")
     table = (images if inside == "input" else models / "digits") / "scores.delta"
-    command = [sys.executable, "-m", "jobs.cli", "nightly", str(images), str(table), "--model", "digits",
-               "--models-dir", str(models)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "nightly",
+        str(images),
+        str(table),
+        "--model",
+        "digits",
+        "--models-dir",
+        str(models),
+    ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "overlaps" in done.stderr, done.stderr
     assert not table.exists()

@@ -41,8 +41,11 @@ def _accuracy(repository: ModelRepository, ref: str, files: list[tuple[Path, int
 def test_digits_int8_keeps_held_out_accuracy_within_a_point(repository_copy: Path, digit_files) -> None:  # type: ignore[no-untyped-def]
     done = subprocess.run(
         [sys.executable, "-m", "jobs.cli", "models", "quantize", "digits:1", "--models-dir", str(repository_copy)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "wrote digits:2 (static INT8 of version 1)" in done.stdout and "calibrated on 100 images" in done.stdout
     repository = ModelRepository(str(repository_copy))

@@ -171,8 +171,13 @@ def test_bad_requests_get_4xx_with_a_reason(server: str, photo_jpegs) -> None:  
     address = urlsplit(server)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
     chunks = iter([b"--x\r\nContent-Disposition: form-data; name=f; filename=a.jpg\r\n\r\n"] + [b"0" * 500_000] * 8)
-    connection.request("POST", f"/predict/{MODEL}", body=chunks, encode_chunked=True,
-                       headers={"Content-Type": "multipart/form-data; boundary=x"})  # fmt: skip
+    connection.request(
+        "POST",
+        f"/predict/{MODEL}",
+        body=chunks,
+        encode_chunked=True,
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
     response = connection.getresponse()
     assert response.status == 413 and b"limit" in response.read()
     connection.close()
@@ -293,9 +298,10 @@ def test_metrics_are_the_whole_apps_whichever_replica_answers(server: str, photo
     wait_for(lambda: _total(_scrape(server), "streamscore_requests_total", model="unknown", status="404") >= 1, 30, 0.3)
 
 
-def test_non_default_options_answer_as_the_batch_graph(server: str, repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
-    """A second app with the batch job's non-default options (OpenCV decode and resize, a lowered pixel limit,
-    top-3): the same bytes get the batch row's answer, and an image the batch refuses is refused with its reason."""
+def test_non_default_options_answer_as_the_batch_graph(server: str, topology: str, repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    """A second app, in this run's layout, with the batch job's non-default options (OpenCV decode and resize, a
+    lowered pixel limit, top-3): the same bytes get the batch row's answer, and an image the batch refuses is
+    refused with its reason."""
     from ray import serve
 
     from pipeline.options import ScoringOptions
@@ -305,8 +311,15 @@ def test_non_default_options_answer_as_the_batch_graph(server: str, repository, 
     options = ScoringOptions(
         decode_backend="opencv", resize_backend="opencv", max_pixels=200_000, top_k=3, raw_outputs=True
     )
-    config = ServeConfig(models_dir=repository.root, options=options, topology="fused", replicas=1,
-                         preprocess_cpus=0.1, scorer_cpus=0.1)  # fmt: skip
+    config = ServeConfig(
+        models_dir=repository.root,
+        options=options,
+        topology=topology,
+        replicas=1,
+        scorer_replicas=1 if topology == "split" else None,
+        preprocess_cpus=0.1,
+        scorer_cpus=0.1,
+    )
     small, large = photo_jpegs["chelsea"], photo_jpegs["coffee"]  # 451 x 300 is under the limit, 600 x 400 over
     batch = {
         r["id"]: r for r in build_graph(MODEL, repository, options).run([small, large], ["small", "large"]).to_pylist()
@@ -344,7 +357,9 @@ def _answered_200(url: str, body: bytes) -> bool:
         return False
 
 
-def test_a_request_that_kills_its_replica_fails_alone_and_the_replica_is_replaced(server: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_request_that_kills_its_replica_fails_alone_and_the_replica_is_replaced(
+    server: str, topology: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
     """A second app whose model has the test-only crash step: the request whose image SIGKILLs its gateway
     replica fails (the replica is gone), the other replica answers everything after it, Serve replaces the dead
     one, and the same image sent again gets 422 with the reason."""
@@ -364,8 +379,15 @@ def test_a_request_that_kills_its_replica_fails_alone_and_the_replica_is_replace
         return dict(serve.status().applications["poison"].deployments["Gateway"].replica_states)
 
     repository = crashing_repository(tmp_path / "models")
-    config = ServeConfig(models_dir=repository.root, topology="fused", replicas=2,
-                         preprocess_cpus=0.1, scorer_cpus=0.1)  # fmt: skip
+    # In this run's layout: split decodes in the gateway replicas too, beside a separate scorer.
+    config = ServeConfig(
+        models_dir=repository.root,
+        topology=topology,
+        replicas=2,
+        scorer_replicas=1 if topology == "split" else None,
+        preprocess_cpus=0.1,
+        scorer_cpus=0.1,
+    )
     serve.run(build_app(config), name="poison", route_prefix="/poison")
     url = f"{server}/poison/predict/digits"
     try:

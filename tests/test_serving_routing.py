@@ -100,8 +100,9 @@ def test_hot_updates_under_load_fail_no_request(server: str, digit_files) -> Non
         thread.start()
     try:
         assert call("POST", "/admin/models/digits/versions/3/load") == (
-            200, {"model": "digits", "version": "3", "state": "ready"}
-        )  # fmt: skip
+            200,
+            {"model": "digits", "version": "3", "state": "ready"},
+        )
         assert call("PUT", "/admin/models/digits/routing", {"weights": {"1": 50, "3": 50}})[0] == 200
         status, body = call("POST", "/admin/models/digits/versions/4/load")
         assert status == 422 and body["state"] == "failed" and body["error"]
@@ -170,8 +171,8 @@ def test_admin_cli_wraps_the_api(server: str, capsys) -> None:  # type: ignore[n
     wait_for(lambda: all(line in scrape() for line in wanted), 15, 0.5)
 
 
-def test_full_queues_answer_503_with_retry_after(server: str, repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
-    """A second app (the fused layout) that takes one request at a time and queues one more: a burst gets
+def test_full_queues_answer_503_with_retry_after(server: str, topology: str, repository, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+    """A second app (this run's layout) that takes one request at a time and queues one more: a burst gets
     503 + Retry-After for the rest instead of queueing without bound, and the app serves again afterwards."""
     from ray import serve
 
@@ -180,7 +181,7 @@ def test_full_queues_answer_503_with_retry_after(server: str, repository, photo_
 
     config = ServeConfig(
         models_dir=repository.root,
-        topology="fused",
+        topology=topology,
         replicas=1,
         preprocess_cpus=0.25,
         scorer_cpus=0.25,
@@ -219,7 +220,7 @@ def test_full_queues_answer_503_with_retry_after(server: str, repository, photo_
         serve.delete("tight")
 
 
-def test_serve_config_file_deploys_the_app(server: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
+def test_serve_config_file_deploys_the_app(server: str, topology: str, photo_jpegs) -> None:  # type: ignore[no-untyped-def]
     """jobs/serve_config.yaml passes Serve's own schema, and its import path and args build a working app."""
     import importlib
 
@@ -232,7 +233,13 @@ def test_serve_config_file_deploys_the_app(server: str, photo_jpegs) -> None:  #
     schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "jobs" / "serve_config.yaml").read_text()))
     (app,) = schema.applications
     # Small replicas: the session's 2 CPUs also hold the module's app.
-    args = app.args | {"models_dir": str(MODELS_DIR), "replicas": 1, "preprocess_cpus": 0.1, "scorer_cpus": 0.1}
+    args = app.args | {
+        "models_dir": str(MODELS_DIR),
+        "topology": topology,  # this run's layout
+        "replicas": 1,
+        "preprocess_cpus": 0.1,
+        "scorer_cpus": 0.1,
+    }
     module, builder = app.import_path.split(":")
     serve.run(getattr(importlib.import_module(module), builder)(args), name="from-config", route_prefix="/from-config")
     try:

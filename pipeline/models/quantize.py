@@ -18,8 +18,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.errors import ConfigError, ModelLoadError
 from operators._rows import object_array
@@ -77,10 +79,36 @@ def _batches(inputs: np.ndarray, fixed: int | None) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(chunk)
 
 
+class Recipe(BaseModel):
+    """How to quantize: the calibration method and what stays in float. ``benchmarks/quantize_study.py``
+    measures each choice; the defaults are the measured best (docs/quantize.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    percentile: float = Field(default=99.999, gt=90, le=100)  # for "percentile"
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    keep_float: tuple[str, ...] = ()  # node names left in float (e.g. the stem conv, the classifier)
+
+    def describe(self) -> str:
+        calibration = f"{self.method} calibration" + (f" at {self.percentile}" if self.method == "percentile" else "")
+        weights = "per-channel" if self.per_channel else "per-tensor"
+        activations = "symmetric int8" if self.symmetric_activations else "uint8"
+        kept = f", {', '.join(self.keep_float)} kept in float" if self.keep_float else ""
+        return f"static INT8, QDQ, {weights} int8 weights, {activations} activations, {calibration}{kept}"
+
+
 def quantize_onnx(
-    source: Path, target: Path, input_name: str, calibration: np.ndarray, fixed_batch: int | None
+    source: Path,
+    target: Path,
+    input_name: str,
+    calibration: np.ndarray,
+    fixed_batch: int | None,
+    recipe: Recipe | None = None,
 ) -> None:
     """Write the static INT8 QDQ model of ``source`` to ``target``, calibrated on ``calibration``."""
+    recipe = recipe or Recipe()
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -108,10 +136,19 @@ def quantize_onnx(
             str(target),
             Reader(),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
+            per_channel=recipe.per_channel,
+            activation_type=QuantType.QInt8 if recipe.symmetric_activations else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy,
+            }[recipe.method],
+            nodes_to_exclude=list(recipe.keep_float),
+            extra_options={
+                "ActivationSymmetric": recipe.symmetric_activations,
+                "CalibPercentile": recipe.percentile,
+            },
         )
 
 
@@ -207,9 +244,11 @@ def quantize_model(
     evaluation: Sequence[Path] | None = None,
     new_version: str | None = None,
     threads: int = 1,
+    promote: bool = False,
 ) -> QuantizeReport:
     """Write the static INT8 version of ``ref`` (calibrated on images under ``calibration``) and compare it with
-    ``ref`` on ``evaluation`` (default: the calibration images)."""
+    ``ref`` on ``evaluation`` (default: the calibration images). The new version becomes what ``NAME`` means
+    only with ``promote``: an INT8 version is a choice, never a silent change of every command's answers."""
     started = time.perf_counter()
     repository = ModelRepository(str(repository_root))
     source = repository.load(ref)
@@ -241,7 +280,7 @@ def quantize_model(
         (folder / MANIFEST_FILE).write_text(json.dumps(spec.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
 
     try:
-        quantized = publish_version(repository_root, target, write)
+        quantized = publish_version(repository_root, target, write, promote)
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - the quantizer raises many types for graphs it cannot handle
