@@ -23,12 +23,15 @@ from typing import IO
 import pytest
 from deltalake import DeltaTable
 
+from jobs.exit_codes import ExitCode
 from jobs.nightly import FAULT_ENV
 from tests.conftest import MODELS_DIR, REPO, wait_for
 from tests.crash_operator import digits_with_step
 from tests.processes import clean_env, descendants
 
-pytestmark = pytest.mark.slow
+# Over the default 300 s: a failing scenario should fail on its own deadlines (the keeper's answers, the first shard,
+# each run's exit), which report the run's output, before pytest-timeout ends the whole session.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def read_line(stream: IO[str], timeout_s: float) -> str:
@@ -131,7 +134,7 @@ def _start(command: list[str], fault: str | None = None) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(run: subprocess.Popen, timeout_s: float = 240) -> tuple[int, str]:
+def _finish(run: subprocess.Popen, timeout_s: float = 180) -> tuple[int, str]:
     out, _ = run.communicate(timeout=timeout_s)
     return run.returncode, out
 
@@ -154,7 +157,7 @@ def _slow_run_under_way(cluster: Keeper, models: Path, digit_files, tmp_path: Pa
     images, table, report = _digits(tmp_path / "images", digit_files, n), tmp_path / "t.delta", tmp_path / "r.json"
     command = _command(cluster, images, table, report, models)
     run = _start(command)
-    wait_for(lambda: _shards_written(table) > 0 or run.poll() is not None, 180, 0.05)
+    wait_for(lambda: _shards_written(table) > 0 or run.poll() is not None, 120, 0.05)
     return SlowRun(images, table, report, command, run)
 
 
@@ -185,8 +188,12 @@ def test_a_worker_node_killed_mid_run_still_ends_with_every_input_once(
 ) -> None:  # type: ignore[no-untyped-def]
     slow = _slow_run_under_way(cluster, slow_digits, digit_files, tmp_path, 400)
     images, table, report, command, run = slow.images, slow.table, slow.report, slow.command, slow.process
+    assert run.poll() is None, "the run ended before a node could be killed"
     victim = cluster.nodes.pop(0)
-    cluster.ask(f"kill {victim}")  # its raylet and every worker on it, SIGKILL
+    cluster.ask(f"kill {victim}")  # its raylet and every worker on it, SIGKILL; answered once they are gone
+    assert victim not in cluster.ask("nodes")["nodes"]
+    # Still running once the node is gone: the kill landed mid-run, not after the run had ended.
+    assert run.poll() is None, "the run ended before the kill landed: nothing was tested"
     cluster.nodes.append(cluster.ask("add 1")["node_id"])  # the cluster replaces it, as a cloud would
     code, out = _finish(run)
     # The actor on the lost node may exhaust its retries before the node is declared dead: the run then
@@ -220,6 +227,7 @@ def test_an_inference_actor_killed_mid_run_changes_nothing(
     wait_for(lambda: bool(_actor_pids(cluster)) or run.poll() is not None, 60, 0.05)
     assert run.poll() is None, "the run ended before an actor could be killed"
     os.kill(_actor_pids(cluster)[0], signal.SIGKILL)
+    assert run.poll() is None, "the run ended before the kill landed: nothing was tested"
     code, out = _finish(run)
     assert code == 0, out[-3000:]
     truth = {path.name: str(label) for path, label in digit_files}
@@ -253,22 +261,42 @@ def test_a_driver_killed_at_any_point_is_completed_by_the_same_command(
     assert not list((table / "_streamscore").glob("*/run-*"))  # the staging is gone once committed
 
 
-def test_two_runs_started_at_once_commit_once(cluster: Keeper, digit_files, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    images, table = _digits(tmp_path / "images", digit_files, 60), tmp_path / "t.delta"
+def test_two_runs_started_at_once_overlap_and_commit_once(
+    cluster: Keeper, slow_digits: Path, digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Two drivers started together on one table: one commits, the other is refused (exit 4) while the first is
+    still running. The refusal, given before the other run ended and naming it, is the proof that the two runs
+    overlapped; one run after the other would end with "nothing new" instead (exit 0), and fail this test."""
+    images, table = _digits(tmp_path / "images", digit_files, 120), tmp_path / "t.delta"
     reports = [tmp_path / "a.json", tmp_path / "b.json"]
-    results: list[tuple[int, str]] = [(0, ""), (0, "")]
+    # Slow digits (120 rows, about 3 s of scoring after the claim): the winner is still at work when the loser,
+    # which never connects to Ray, reads the claim.
+    runs = [_start(_command(cluster, images, table, report, slow_digits)) for report in reports]
+    ended: dict[int, tuple[int, str, bool]] = {}  # run -> (exit code, output, was the other run still running)
 
-    def start(i: int) -> None:
-        results[i] = _finish(_start(_command(cluster, images, table, reports[i])))
+    def finish(i: int) -> None:
+        code, out = _finish(runs[i])
+        ended[i] = (code, out, runs[1 - i].poll() is None)
 
-    threads = [threading.Thread(target=start, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(code for code, _ in results) in ([0, 0], [0, 4]), [out[-1500:] for _, out in results]
-    outcomes = [r["outcome"] for path in reports if path.exists() for r in json.loads(path.read_text())["runs"]]
-    assert outcomes.count("committed") == 1, outcomes
+    codes = [ended[i][0] for i in range(2)]
+    assert sorted(codes) == [ExitCode.OK, ExitCode.IN_PROGRESS], [ended[i][1][-1500:] for i in range(2)]
+    loser = codes.index(ExitCode.IN_PROGRESS)
+    winner = 1 - loser
+    _, refusal, winner_running = ended[loser]
+    assert winner_running, "the refused run ended after the other one: the runs did not overlap"
+    # Refused at the claim (both froze the inputs, one claimed first) or at the resume check (the claim was there).
+    assert (
+        "another run of this job started run 1 first" in refusal
+        or f"is running here (process {runs[winner].pid})" in refusal
+    ), refusal[-1500:]
+    assert not reports[loser].exists()
+    outcomes = [r["outcome"] for r in json.loads(reports[winner].read_text())["runs"]]
+    assert outcomes == ["committed"], outcomes
     _exactly_once(table, images)
 
 

@@ -22,7 +22,7 @@ from pipeline.models.repository import ModelRepository
 from pipeline.nightly.job import NightlyJob, RunReport, run_nightly
 from pipeline.runs.planner import ResourceOverrides, plan_resources
 from pipeline.runs.sources import FileListing, detect_source
-from tests.conftest import MODELS_DIR
+from tests.conftest import MODELS_DIR, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -97,12 +97,12 @@ def test_new_changed_and_new_model_version_inputs_are_scored_once(ray_cluster, d
         shutil.copy(other, path)  # new content under an old name
     counts, stop = set(), threading.Event()
 
-    def poll() -> None:  # a reader during the run sees the table before the commit or after it
-        while not stop.is_set():
-            counts.add(DeltaTable(str(table)).to_pyarrow_dataset().count_rows())
-            time.sleep(0.2)  # a reader's pace: every 20 ms took a core from the run it watches
+    def read_until_stopped() -> bool:  # a reader during the run sees the table before the commit or after it
+        counts.add(DeltaTable(str(table)).to_pyarrow_dataset().count_rows())
+        return stop.is_set()
 
-    reader = threading.Thread(target=poll)
+    # A reader's pace (every 0.2 s): one every 20 ms took a core from the run it watches.
+    reader = threading.Thread(target=wait_for, args=(read_until_stopped, 240, 0.2))
     reader.start()
     try:
         (night,) = _night(ray_cluster, str(images), table)
