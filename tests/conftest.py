@@ -57,6 +57,19 @@ def photos() -> dict[str, np.ndarray]:
     return {name: getattr(data, name)() for name in ("coffee", "chelsea", "astronaut", "rocket")}
 
 
+def copy_digits(root: Path, version: str = "1") -> Path:
+    """The shipped digits model as ``root/digits/<version>`` (its manifest naming that version; no calibration
+    images): a repository with several versions of a real model, for the tests of versions and defaults."""
+    import json
+    import shutil
+
+    target = root / "digits" / version
+    shutil.copytree(MODELS_DIR / "digits" / "1", target, ignore=shutil.ignore_patterns("calibration"))
+    manifest = json.loads((target / "manifest.json").read_text())
+    (target / "manifest.json").write_text(json.dumps(manifest | {"version": version}))
+    return target
+
+
 def encode(array: np.ndarray, fmt: str = "JPEG", **options: object) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, fmt, **options)

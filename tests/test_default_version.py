@@ -23,23 +23,13 @@ from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from pipeline.models.default_version import DEFAULT_FILE, read_default, write_default
 from pipeline.models.ref import ModelRef
 from pipeline.models.repository import ModelRepository
-from tests.conftest import MODELS_DIR, REPO
+from tests.conftest import MODELS_DIR, REPO, copy_digits
 from tests.processes import clean_env
-
-
-def _add_digits_version(root: Path, version: str) -> Path:
-    """The shipped digits model as ``digits:<version>`` (the manifest names its own version)."""
-    target = root / "digits" / version
-    shutil.copytree(MODELS_DIR / "digits" / "1", target, ignore=shutil.ignore_patterns("calibration"))
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["version"] = version
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
 
 
 def _repository(root: Path, *versions: str) -> ModelRepository:
     for version in versions:
-        _add_digits_version(root, version)
+        copy_digits(root, version)
     return ModelRepository(str(root))
 
 
@@ -75,7 +65,7 @@ def test_a_promoted_version_wins_over_higher_numbers_and_names_keep_working(tmp_
 def test_only_named_versions_need_a_default(tmp_path: Path) -> None:
     repository = _repository(tmp_path, "exp")
     assert repository.resolve_version("digits", None) == "exp"  # the only version: nothing else it could mean
-    _add_digits_version(tmp_path, "canary")
+    copy_digits(tmp_path, "canary")
     with pytest.raises(ModelNotFoundError, match="no default version.*models promote digits:VERSION"):
         repository.resolve_version("digits", None)
 

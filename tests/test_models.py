@@ -11,16 +11,7 @@ import pytest
 from common.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from pipeline.models.ref import ModelRef
 from pipeline.models.repository import ModelRepository
-from tests.conftest import MODELS_DIR
-
-
-def _copy_digits(root: Path, version: str = "1") -> Path:
-    target = root / "digits" / version
-    shutil.copytree(MODELS_DIR / "digits" / "1", target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["version"] = version
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
+from tests.conftest import MODELS_DIR, copy_digits
 
 
 def _edit_manifest(folder: Path, **changes: object) -> None:
@@ -43,7 +34,7 @@ def test_shipped_models_load_and_match_their_manifests(repository: ModelReposito
 
 def test_latest_version_is_numeric_not_lexical(tmp_path: Path) -> None:
     for version in ("2", "10", "9"):
-        _copy_digits(tmp_path, version)
+        copy_digits(tmp_path, version)
     repository = ModelRepository(str(tmp_path))
     assert repository.versions("digits") == ["2", "9", "10"]
     assert repository.load("digits").version == "10"
@@ -74,20 +65,20 @@ def test_unknown_model_and_version_name_what_exists(repository: ModelRepository)
     ],
 )
 def test_mismatches_fail_at_load_naming_them(tmp_path: Path, change: dict, message: str) -> None:
-    _edit_manifest(_copy_digits(tmp_path), **change)
+    _edit_manifest(copy_digits(tmp_path), **change)
     with pytest.raises(ModelLoadError, match=message):
         ModelRepository(str(tmp_path)).load("digits")
 
 
 def test_label_count_must_match_the_output(tmp_path: Path) -> None:
-    folder = _copy_digits(tmp_path)
+    folder = copy_digits(tmp_path)
     (folder / "labels.txt").write_text("zero\none\n")
     with pytest.raises(ModelLoadError, match="10 classes but labels file has 2"):
         ModelRepository(str(tmp_path)).load("digits")
 
 
 def test_repository_root_may_be_a_uri(tmp_path: Path) -> None:
-    _copy_digits(tmp_path)
+    copy_digits(tmp_path)
     for root in (f"file://{tmp_path}", str(tmp_path)):
         model = ModelRepository(root).load("digits")
         assert model.name == "digits" and model.model_uri.endswith("digits/1/model.onnx")

@@ -154,7 +154,7 @@ class ScoredTable:
         (another task's columns, say) must fail the commit, not widen the table."""
         if snapshot is None:
             return None
-        existing = set(snapshot.to_pyarrow_dataset().schema.names)
+        existing = {field.name for field in snapshot.schema().fields}  # from the log: no file listing
         expected = set(self.schema.names)
         return "merge" if existing < expected and expected - existing == {ERROR_REASON} else None
 
