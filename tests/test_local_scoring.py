@@ -88,7 +88,7 @@ def test_a_row_that_kills_its_process_is_an_error_row_and_its_batch_mates_are_sc
     rows = {r["id"]: r for t in tables for r in t.to_pylist()}
     assert len(rows) == sum(t.num_rows for t in tables) == 23  # every row exactly once
     assert "SIGKILL" in rows["poison-sigkill.png"]["error"] and rows["poison-sigkill.png"]["label"] is None
-    assert rows["poison-sigkill.png"]["error"].startswith("worker_crashed: the scoring process (pid ")
+    assert rows["poison-sigkill.png"]["error"].startswith("worker_crashed: the worker process (pid ")
     assert "Segmentation fault (SIGSEGV)" in rows["poison-segfault.png"]["error"]
     plain = build_graph("digits", repository).run(
         [(images / i).read_bytes() for i in rows if not i.startswith("poison")]

@@ -7,5 +7,5 @@ Entry points (import them from their modules; this package imports nothing):
 - ``local.run_locally``: the local executor (child processes, no Ray) for one machine without a GPU.
 - ``ray_data.run_batch``: the Ray Data executor (CPU and GPU actors) for a cluster.
 - ``publish.publish_run``: one run's output, whichever executor, with ``summary.RunSummary``.
-- ``_isolation``, ``_writer``: machinery: rows that kill their worker; staged Parquet parts.
+- ``_isolation``, ``_writer``: machinery: ``pipeline.crash_isolation`` on Ray actors; staged Parquet parts.
 """

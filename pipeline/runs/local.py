@@ -7,10 +7,11 @@ limit either way (each core decodes and scores its own rows, as a fused Ray acto
 
 One ``spawn``-ed child per core (a clean interpreter, never a fork of a process holding threads), one ONNX
 Runtime thread each, one batch of rows in flight each: memory is bounded by the graph's per-row bounds times
-the number of children. Crash isolation is exact, because this process knows which batch each child holds:
-a child that dies (a segfault in a decoder, the out-of-memory killer) is replaced, its batch is split into
-single rows, and a row that kills a child on its own comes out as a ``worker_crashed`` error row naming the
-signal. Siblings are scored as usual; a block with k poison rows costs at most k + 1 deaths.
+the number of children. Rows that kill a child (a segfault in a decoder, the out-of-memory killer) follow
+``pipeline.crash_isolation``, with this process as the journal: it notes which batch each child holds, and a
+child notes each row of a batch that killed a child before it runs it. A dead child is replaced; its batch runs
+again one row at a time, and a row that kills a child on its own comes out as a ``worker_crashed`` error row
+naming the signal. Siblings are scored as usual; a block with k poison rows costs at most k + 1 deaths.
 """
 
 from __future__ import annotations
@@ -35,8 +36,15 @@ import pyarrow as pa
 
 from common.errors import StreamScoreError
 from operators._rows import object_array
-from operators.base import ERROR
-from operators.reasons import Reason
+from pipeline.crash_isolation import (
+    Attempt,
+    CrashJournal,
+    batch_key,
+    describe_death,
+    forget_fault_reports,
+    report_faults_to_a_file,
+    run_isolated,
+)
 from pipeline.graph import Graph, Stage
 from pipeline.output import predictions_table
 from pipeline.runs.publish import publish_run
@@ -67,12 +75,17 @@ def local_processes() -> int:
 class _Task:
     ids: list[str]
     values: list[Any]  # uris, or encoded images
-    errors: list[str | None] | None = None  # rows already failed (a row that killed a child): scored as errors
+    poison: dict[int, str] | None = None  # None: run whole; else one row at a time (crash_isolation.run_isolated)
+
+    @property
+    def key(self) -> str:
+        return batch_key("local", self.ids)
 
 
 def _child(conn: Connection, graph: Graph, column: str, record_node: bool) -> None:
     """A scoring process: build the stage once, then score batches until told to stop (or the parent is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it ends its children
+    report_faults_to_a_file()
     _arrow_without_pandas()
     with contextlib.suppress(BrokenPipeError, EOFError):  # the parent went away: nothing left to answer
         _serve(conn, graph, column, record_node)
@@ -116,9 +129,11 @@ def _serve(conn: Connection, graph: Graph, column: str, record_node: bool) -> No
     while (task := _next_task(conn)) is not None:
         try:
             batch = {"id": object_array(task.ids), column: object_array(task.values)}
-            if task.errors is not None:
-                batch[ERROR] = object_array(task.errors)
-            table = predictions_table(stage(batch), graph.model)
+            if task.poison is None:
+                scored = stage(batch)
+            else:
+                scored = run_isolated(stage, batch, task.poison, lambda i: conn.send(("row", i)))
+            table = predictions_table(scored, graph.model)
             if record_node:
                 node = pa.array([LOCAL_NODE] * table.num_rows, pa.string())
                 table = table.append_column("node_id", node).append_column("decode_node_id", node)
@@ -164,17 +179,6 @@ class _Child:
         self.conn.close()
 
 
-def _death(child: _Child) -> str:
-    child.process.join()
-    code = child.process.exitcode
-    pid = child.process.pid
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name
-        hint = ", e.g. by the out-of-memory killer" if name == "SIGKILL" else ""
-        return f"the scoring process (pid {pid}) died of {signal.strsignal(-code)} ({name}{hint}) on this row"
-    return f"the scoring process (pid {pid}) exited with status {code} on this row"
-
-
 def score_locally(
     graph: Graph,
     rows: pa.Table | Iterable[pa.Table],
@@ -198,7 +202,8 @@ def score_locally(
                 yield _Task(ids[i : i + BATCH_ROWS], values[i : i + BATCH_ROWS])
 
     fresh = feed()
-    tasks: collections.deque[_Task] = collections.deque()  # rows of a dead child, isolated: they go first
+    tasks: collections.deque[_Task] = collections.deque()  # batches of a dead child: they go first
+    journal = CrashJournal()
     graph = graph.on_device("cpu", 0, intra_op_threads=1, max_rows_per_call=rows_per_call)
     context = multiprocessing.get_context("spawn")
     children = [_Child(context, graph, column, record_node) for _ in range(processes or local_processes())]
@@ -208,7 +213,8 @@ def score_locally(
         while True:
             for child in children:
                 if child.task is None and (task := tasks.popleft() if tasks else next(fresh, None)) is not None:
-                    child.task = task
+                    record = journal.begin(task.key, Attempt(child.process.pid, LOCAL_NODE))
+                    child.task = _Task(task.ids, task.values, record.poison(LOCAL_NODE))
                     with contextlib.suppress(OSError):  # it died since its last answer: its sentinel says so
                         child.conn.send(child.task)
             if all(c.task is None for c in children):
@@ -225,10 +231,17 @@ def score_locally(
                     start_deaths += not child.ready
                     if start_deaths > len(children):
                         raise LocalScoringFailed(f"scoring processes keep dying while starting: {_death(child)}")
-                    children[children.index(child)] = _replace(child, tasks, context, graph, column, record_node)
+                    children[children.index(child)] = _replace(
+                        child, tasks, journal, context, graph, column, record_node
+                    )
                     continue
                 kind, payload = message
                 if kind == "waiting":
+                    continue
+                if kind == "row":
+                    assert child.task is not None
+                    row = Attempt(child.process.pid, LOCAL_NODE, payload, str(child.task.ids[payload]))
+                    journal.on_row(child.task.key, row)
                     continue
                 if kind == "ready":
                     child.ready = True
@@ -236,11 +249,13 @@ def score_locally(
                 elif kind == "failed":
                     raise LocalScoringFailed(f"local scoring failed: {payload}")
                 else:
+                    journal.finish(child.task.key)
                     child.task = None
                     yield payload
     finally:
         for child in children:
             child.stop()
+        forget_fault_reports()
 
 
 def _receive(child: _Child) -> tuple[str, Any] | None:
@@ -254,27 +269,35 @@ def _receive(child: _Child) -> tuple[str, Any] | None:
     return None if not child.process.is_alive() else ("waiting", None)
 
 
+def _death(child: _Child) -> str:
+    child.process.join()
+    attempt = Attempt(child.process.pid, LOCAL_NODE, exit_code=child.process.exitcode)
+    return describe_death(attempt, LOCAL_NODE).removesuffix(" on this row")
+
+
 def _replace(
-    dead: _Child, tasks: collections.deque[_Task], context: Any, graph: Graph, column: str, record_node: bool
+    dead: _Child,
+    tasks: collections.deque[_Task],
+    journal: CrashJournal,
+    context: Any,
+    graph: Graph,
+    column: str,
+    record_node: bool,
 ) -> _Child:
-    """Requeue what ``dead`` held (split into rows; a single row becomes an error row) and start another child.
-    A child that died before it was ready (killed from outside while importing) had begun none of its rows:
-    its task goes back whole."""
+    """Note the death in the journal, requeue what ``dead`` held (it runs again one row at a time) and start
+    another child. A child that died before it was ready (killed from outside while importing) had begun none
+    of its rows: its batch goes back as it was."""
     task, dead.task = dead.task, None  # its pipe and its sentinel may both report the death: handled once
     assert task is not None
     reason = _death(dead)
     dead.conn.close()
     if not dead.ready:
-        logger.warning(
-            "%s while starting; its %d rows go to another", reason.removesuffix(" on this row"), len(task.ids)
-        )
-        tasks.appendleft(task)
-        return _Child(context, graph, column, record_node)
-    logger.warning("%s; isolating its %d rows", reason.removesuffix(" on this row"), len(task.ids))
-    if len(task.ids) > 1:
-        tasks.extendleft(reversed([_Task([i], [v]) for i, v in zip(task.ids, task.values, strict=True)]))
+        logger.warning("%s while starting; its %d rows go to another", reason, len(task.ids))
+        journal.withdraw(task.key)
     else:
-        tasks.appendleft(_Task(task.ids, task.values, [Reason.WORKER_CRASHED.row_error(reason)]))
+        logger.warning("%s; its %d rows run again one at a time", reason, len(task.ids))
+        journal.died(task.key, dead.process.exitcode)
+    tasks.appendleft(task)
     return _Child(context, graph, column, record_node)
 
 

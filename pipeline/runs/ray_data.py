@@ -20,10 +20,11 @@ import pyarrow.compute as pc
 from common.errors import ModelLoadError, WorkerCrashedError
 from operators._rows import object_array
 from operators.base import ERROR, Batch, OperatorSpec
+from pipeline.crash_isolation import forget_fault_reports
 from pipeline.graph import Graph, Stage
 from pipeline.models.repository import ModelVersion
 from pipeline.output import predictions_table
-from pipeline.runs._isolation import MAX_TASK_RETRIES, IsolatingStage, forget_fault_reports, start_journal
+from pipeline.runs._isolation import MAX_TASK_RETRIES, IsolatingStage, start_journal
 from pipeline.runs.planner import ResourcePlan
 from pipeline.runs.publish import publish_run
 from pipeline.runs.sources import FileListing, ParquetSource, Source
