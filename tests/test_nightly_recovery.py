@@ -148,3 +148,65 @@ def test_retry_reasons_choose_what_is_scored_again_and_the_error_budget_exits_3(
     assert unknown.stderr.strip().splitlines() == [
         f"streamscore: error: --retry-reasons: unknown reasons ['flaky']; reasons: {[r.value for r in Reason]}"
     ]
+
+
+def _can_take_another_hostname() -> bool:
+    """``unshare --uts`` (root, or a user namespace) gives a process a hostname of its own: another host, as far
+    as the claim can tell."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "--uts", "hostname", "ci-other-host"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not _can_take_another_hostname(), reason="needs unshare --uts to run a claimant as another host")
+def test_a_claimant_on_another_host_keeps_others_out_until_its_heartbeat_is_older_than_the_lease(
+    digit_files, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The claimant runs under another hostname (its own UTS namespace) and is SIGKILLed: from here its process
+    cannot be seen, so only its heartbeat tells. While the heartbeat is fresh the next run exits 4; once it is
+    older than the lease (``os.utime`` stands in for two minutes of silence) the next run takes run 1 over."""
+    from pipeline.nightly.job import LEASE_TIMEOUT_S
+
+    images, table = tmp_path / "images", tmp_path / "scores.delta"
+    frozen = sorted(_copy(digit_files, images, 0, 16))
+    models = tmp_path / "models"
+    digits_with_step(models, "sleep_per_row", seconds_per_row=0.25)
+    command = _command(images, table, models, "--shard-rows", "4")
+    as_other_host = ["unshare", "--uts", "sh", "-c", 'hostname ci-other-host && exec "$@"', "sh", *command]
+    first = subprocess.Popen(
+        as_other_host,
+        cwd=REPO,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: any(table.glob("_streamscore/*/run-000001/*/shard-00000.parquet")), 60, 0.05)
+        os.killpg(first.pid, signal.SIGKILL)  # the claimant and its scoring processes, as a lost host
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    (heartbeat,) = table.glob("_streamscore/*/run-000001/heartbeat")
+    assert heartbeat.read_text().startswith("ci-other-host ")
+
+    blocked = _run(command)
+    assert blocked.returncode == ExitCode.IN_PROGRESS, blocked.stderr
+    assert f"run 1 of job {JOB!r} is running on ci-other-host (heartbeat" in blocked.stderr
+    assert DeltaTable(str(table)).transaction_version(JOB) == 1  # the claim stands, nothing committed
+
+    silent_since = time.time() - LEASE_TIMEOUT_S - 1
+    os.utime(heartbeat, (silent_since, silent_since))
+    report = tmp_path / "report.json"
+    taken = _run([*command, "--report-json", str(report)])
+    assert taken.returncode == ExitCode.OK, taken.stderr
+    resumed, after = json.loads(report.read_text())["runs"]
+    assert (resumed["run_version"], resumed["resumed"], resumed["outcome"]) == (1, True, "committed")
+    assert after["outcome"] == "nothing new"
+    assert resumed["shards_reused"] >= 1  # what the other host finished is kept
+    rows = _rows(table)
+    assert sorted(r["id"] for r in rows) == frozen and {r["run_version"] for r in rows} == {1}
