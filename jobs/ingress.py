@@ -25,7 +25,8 @@ from common.errors import ConfigError
 FAST_INGRESS = {
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    # Our gateway serves /metrics; HAProxy's exporter would take a fixed port (9101) on every node.
+    # Our gateway serves /metrics. (HAProxy binds its exporter's port, 9101, all the same in Ray 2.60:
+    # reserved_ports names it.)
     "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     # A stopping ingress replica keeps answering this long so load balancers can take it out first. HAProxy
     # hears of it from Serve's controller within about 0.1 s (and retries a refused connection elsewhere);
@@ -39,6 +40,17 @@ FAST_INGRESS = {
     # scrapes every 10-15 s; at 1 s the app's idle CPU went from 27 % to 21 % of a core on 2 cores.
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
 }
+
+
+# Room for a gRPC message's envelope around the images' bytes.
+_GRPC_ENVELOPE_BYTES = 1 << 20
+
+
+def limit_grpc_messages(max_request_bytes: int) -> None:
+    """Cap the gRPC messages Serve's servers take (2 GiB by default, received whole before the app sees them) at
+    the app's own request limit: a larger message is refused by gRPC itself (RESOURCE_EXHAUSTED) before it
+    is held in memory. A value the user already set wins."""
+    os.environ.setdefault("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE", str(max_request_bytes + _GRPC_ENVELOPE_BYTES))
 
 
 def haproxy_available() -> bool:
@@ -79,6 +91,9 @@ def reserved_ports() -> dict[str, range]:
         "Serve's fallback HTTP proxy": _one(port("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", 8500)),
         "Serve's fallback gRPC proxy": _one(port("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", 9500)),
         "HAProxy's stats page": _one(port("RAY_SERVE_HAPROXY_STATS_PORT", 8404)),
+        # Bound by HAProxy in Ray 2.60 even with RAY_SERVE_HAPROXY_METRICS_ENABLED=0 (its template's
+        # "frontend prometheus" is unconditional).
+        "HAProxy's metrics page": _one(port("RAY_SERVE_HAPROXY_METRICS_PORT", 9101)),
         "replicas' own HTTP servers": span(
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", 30000, "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT", 31000
         ),

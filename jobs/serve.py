@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "node forwards to replicas on the others)",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default: {DEFAULT_PORT})")
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve the Open Inference Protocol over gRPC (service inference.GRPCInferenceService) on this "
+        "port, e.g. 9000 (default: HTTP only)",
+    )
     parser.add_argument("--config", help="YAML or JSON file of serving settings (see pipeline/serving/config.py)")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     add_scoring_options(parser)
@@ -109,7 +115,7 @@ def check_port_free(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     from ray import serve
 
-    from jobs.ingress import check_port, use_fast_ingress
+    from jobs.ingress import check_port, limit_grpc_messages, use_fast_ingress
     from pipeline.models.repository import ModelRepository
     from pipeline.serving.app import APP_NAME, deploy
 
@@ -119,10 +125,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no models in {config.models_dir}; pass --models-dir DIR")
     on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     host = args.host or ("0.0.0.0" if on_cluster else "127.0.0.1")
-    if not on_cluster:
-        check_port(args.port)
-        check_port_free(host, args.port)
-        use_fast_ingress()  # a cluster's processes got their settings at `ray start` (see cluster.yaml)
+    ports = [args.port] + ([args.grpc_port] if args.grpc_port is not None else [])
+    if args.grpc_port == args.port:
+        raise ConfigError(f"--grpc-port {args.grpc_port} is the HTTP port; choose another")
+    if not on_cluster:  # a cluster's processes got their settings at `ray start` (see cluster.yaml)
+        for port in ports:
+            check_port(port)
+            check_port_free(host, port)
+        use_fast_ingress()
+        limit_grpc_messages(config.max_request_bytes)
     # Ctrl-C or SIGTERM (also while the app is still deploying) ends in a clean shutdown, not a traceback.
     stop = threading.Event()
 
@@ -135,12 +146,14 @@ def run(args: argparse.Namespace) -> int:
     # ray.init installs Ray's fatal-signal handler over ours for SIGTERM: it printed a stack trace and killed the
     # command (and the local Ray with it) at once, cutting the requests in flight. Ours again, so SIGTERM drains.
     stop_on_signals()
-    deploy(config, host, args.port)
+    deploy(config, host, args.port, args.grpc_port)
+    grpc = f", gRPC V2 on {host}:{args.grpc_port}" if args.grpc_port is not None else ""
     logging.getLogger("streamscore").info(
-        "serving %s on http://%s:%d (V2: /v2/models/{name}/infer; people: POST /predict/{name}); Ctrl-C stops",
+        "serving %s on http://%s:%d (V2: /v2/models/{name}/infer; people: POST /predict/{name})%s; Ctrl-C stops",
         ", ".join(names),
         host,
         args.port,
+        grpc,
     )
     stop.wait()
     logging.getLogger("streamscore").info("stopping: draining the app")

@@ -14,6 +14,9 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO / "models"
+SERVED_MAX_REQUEST_BYTES = 3_000_000  # the session app's request limit (``server``), HTTP and gRPC
+# The session app's gRPC address per layout ("127.0.0.1:PORT"), set by ``server``: see ``grpc_target``.
+GRPC_TARGETS: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +25,11 @@ def ray_cluster() -> Iterator[dict[str, float]]:
     import ray
     import ray.data
 
-    from jobs.ingress import use_fast_ingress
+    from jobs.ingress import limit_grpc_messages, use_fast_ingress
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     use_fast_ingress()  # the serving tests run the app as `streamscore serve` does
+    limit_grpc_messages(SERVED_MAX_REQUEST_BYTES)
     # "local": a fresh instance, never a cluster that another test (or `ray start`) left recorded on the machine.
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     context = ray.data.DataContext.get_current()
@@ -107,7 +111,8 @@ def served_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app over ``served_repository`` in one layout, with two gateway replicas (so every answer about the
-    whole app must hold whichever replica gives it) and the routing of ``tests.serving.ROUTING``."""
+    whole app must hold whichever replica gives it) and the routing of ``tests.serving.ROUTING``; HTTP at the
+    URL it yields, and V2 over gRPC too (``grpc_target``)."""
     from ray import serve
 
     from jobs.ingress import free_app_port
@@ -115,10 +120,10 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
     from pipeline.serving.config import ServeConfig
     from tests.serving import ADMIN_TOKEN, ROUTING
 
-    port = free_app_port()
+    port, grpc_port = free_app_port(), free_app_port()
     config = ServeConfig(
         models_dir=str(served_repository),
-        max_request_bytes=3_000_000,
+        max_request_bytes=SERVED_MAX_REQUEST_BYTES,
         max_images_per_request=4,
         max_pixels_per_request=3_000_000,
         body_timeout_s=2.0,
@@ -129,9 +134,17 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
         admin_token=ADMIN_TOKEN,
         preprocess_autoscaling={"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
     )
-    deploy(config, "127.0.0.1", port)
+    deploy(config, "127.0.0.1", port, grpc_port)
+    GRPC_TARGETS[topology] = f"127.0.0.1:{grpc_port}"
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # frees the replicas' CPUs for whatever runs next
+    GRPC_TARGETS.pop(topology)
+
+
+@pytest.fixture
+def grpc_target(server: str, topology: str) -> str:
+    """The session app's V2 gRPC address (the same app as ``server``, Serve's gRPC ingress)."""
+    return GRPC_TARGETS[topology]
 
 
 @pytest.hookimpl(trylast=True)

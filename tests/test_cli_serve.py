@@ -30,12 +30,12 @@ from tests.processes import (
 pytestmark = pytest.mark.slow
 
 
-def _start_serve(models_dir: Path, port: int, ray_tmpdir: Path, log: Path) -> subprocess.Popen:
+def _start_serve(models_dir: Path, port: int, ray_tmpdir: Path, log: Path, *extra: str, **env: str) -> subprocess.Popen:
     with log.open("w") as out:  # the child holds its own copy
         return subprocess.Popen(
-            [sys.executable, "-m", "jobs.cli", "serve", "--models-dir", str(models_dir), "--port", str(port)],
+            [sys.executable, "-m", "jobs.cli", "serve", "--models-dir", str(models_dir), "--port", str(port), *extra],
             cwd=REPO,
-            env=clean_env(RAY_TMPDIR=str(ray_tmpdir)),
+            env=clean_env(RAY_TMPDIR=str(ray_tmpdir), **env),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -87,6 +87,43 @@ def test_streamscore_serve_answers_http_until_interrupted(tmp_path: Path) -> Non
     finally:
         _stop(server, signal.SIGINT, ray_tmpdir)
     assert server.returncode == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize("ha_proxy", ["1", "0"])
+def test_grpc_port_serves_v2_behind_haproxy_and_behind_serves_python_proxy(ha_proxy: str, tmp_path: Path) -> None:
+    """``--grpc-port``: ModelInfer and a refusal with its code, both through HAProxy (replicas' own gRPC servers)
+    and through Serve's Python proxy, which pickles each message (the wheel's messages could not be pickled until
+    ``pipeline.serving.grpc_service`` named their module)."""
+    import grpc
+    from open_inference.grpc import protocol as pb
+    from open_inference.grpc.service import GRPCInferenceServiceStub
+
+    from jobs.ingress import free_app_port
+
+    ray_tmpdir, log = short_tmp_dir("ss-grpc-"), tmp_path / "serve.log"
+    port, grpc_port = free_app_port(), free_app_port()
+    server = _start_serve(
+        MODELS_DIR, port, ray_tmpdir, log, "--grpc-port", str(grpc_port), RAY_SERVE_ENABLE_HA_PROXY=ha_proxy
+    )
+    try:
+        _wait_until_ready(server, f"http://127.0.0.1:{port}", log)
+        stub = GRPCInferenceServiceStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=60).ready
+        image = pb.ModelInferRequest.InferInputTensor(
+            name="image",
+            datatype="BYTES",
+            shape=[1],
+            contents=pb.InferTensorContents(bytes_contents=[(DEMO_IMAGES / "coffee.jpg").read_bytes()]),
+        )
+        answer = stub.ModelInfer(pb.ModelInferRequest(model_name=MODEL, inputs=[image]), timeout=60)
+        assert answer.model_version == "1" and answer.raw_output_contents[0][4:12] == b"espresso"
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(pb.ModelInferRequest(model_name="no-such-model", inputs=[image]), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND and "no-such-model" in refused.value.details()
+    finally:
+        _stop(server, signal.SIGINT, ray_tmpdir)
+    assert server.returncode == 0, log.read_text()[-3000:]
+    assert f"gRPC V2 on 127.0.0.1:{grpc_port}" in log.read_text()
 
 
 @pytest.mark.timeout(240)

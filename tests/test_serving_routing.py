@@ -232,6 +232,12 @@ def test_serve_config_file_deploys_the_app(server: str, topology: str, photo_jpe
 
     schema = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "jobs" / "serve_config.yaml").read_text()))
     (app,) = schema.applications
+    from pipeline.serving.grpc_v2 import SERVICER
+
+    assert schema.grpc_options.grpc_servicer_functions == [SERVICER]  # the gRPC service `serve --grpc-port` starts
+    from ray.serve.config import gRPCOptions
+
+    assert len(gRPCOptions(**schema.grpc_options.model_dump()).grpc_servicer_func_callable) == 1  # importable
     # Small replicas: the session's 2 CPUs also hold the module's app.
     args = app.args | {
         "models_dir": str(MODELS_DIR),

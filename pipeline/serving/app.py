@@ -21,6 +21,7 @@ from pipeline.models.repository import ModelRepository
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import ControlPlane
 from pipeline.serving.gateway import Gateway
+from pipeline.serving.grpc_v2 import SERVICER
 from pipeline.serving.metrics import MetricsHub
 from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.scorer import Scorer
@@ -93,8 +94,12 @@ def routing_with_defaults_pinned(config: ServeConfig) -> dict[str, RoutingPolicy
     return pinned | dict(config.routing)
 
 
-def deploy(config: ServeConfig, host: str, port: int) -> None:
-    """Start Serve's HTTP ingress (HAProxy where ``use_fast_ingress`` set it up) on ``host:port`` and deploy
-    the app at ``/`` (Ray must be connected)."""
-    serve.start(http_options={"host": host, "port": port})
+def deploy(config: ServeConfig, host: str, port: int, grpc_port: int | None = None) -> None:
+    """Start Serve's HTTP ingress (HAProxy where ``use_fast_ingress`` set it up) on ``host:port``, and its gRPC
+    ingress with the V2 service on ``grpc_port`` when given, and deploy the app at ``/`` (Ray must be
+    connected)."""
+    from ray.serve.config import gRPCOptions
+
+    grpc = gRPCOptions(port=grpc_port, grpc_servicer_functions=[SERVICER]) if grpc_port is not None else None
+    serve.start(http_options={"host": host, "port": port}, grpc_options=grpc)
     serve.run(build_app(config), name=APP_NAME, route_prefix="/")

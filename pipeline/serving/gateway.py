@@ -1,5 +1,5 @@
-"""The HTTP gateway: Open Inference Protocol (V2) routes, ``/predict`` for people, metrics; admin routes from
-``admin.py``.
+"""The gateway: Open Inference Protocol (V2) routes, ``/predict`` for people, metrics; admin routes from
+``admin.py``, the V2 gRPC methods from ``grpc_v2.py``.
 
 It also preprocesses (decode, resize, crop: CPU work that scales with requests, like the HTTP parsing) and sends
 uint8 pixels to the scorer, so a request makes one hop between deployments. Every scoring response names the
@@ -14,9 +14,9 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from ray import serve
@@ -34,6 +34,7 @@ from pipeline.serving.admin import AdminRoutes
 from pipeline.serving.auth import BearerAuth
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import ControlView
+from pipeline.serving.grpc_v2 import GrpcMethods
 from pipeline.serving.http_body import BodyReader, request_timeout_s
 from pipeline.serving.metrics import GatewayMetrics, push_forever
 from pipeline.serving.poison import PoisonMemory
@@ -44,10 +45,11 @@ from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, Remote
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[ModelRef, Request], Awaitable[JSONResponse]]
+Answer = TypeVar("Answer")
 
 
 @serve.deployment
-class Gateway(AdminRoutes):
+class Gateway(AdminRoutes, GrpcMethods):
     def __init__(
         self, config: ServeConfig, scorer: Any | None, control: Any, metrics_hub: Any, warm: list[ModelRef]
     ) -> None:
@@ -104,13 +106,7 @@ class Gateway(AdminRoutes):
     # ------------------------------------------------------------------ health and metadata
     async def server_metadata(self, _: Request) -> JSONResponse:
         """V2 server metadata (``tritonclient``'s ``get_server_metadata``)."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            release = version("streamscore")
-        except PackageNotFoundError:  # run from a source tree that was never installed
-            release = "unknown"
-        return JSONResponse({"name": "streamscore", "version": release, "extensions": ["binary_tensor_data"]})
+        return JSONResponse(v2.server_metadata())
 
     async def live(self, _: Request) -> JSONResponse:
         return JSONResponse({"live": True})
@@ -118,42 +114,51 @@ class Gateway(AdminRoutes):
     async def ready(self, _: Request) -> JSONResponse:
         """Ready when every routed version of every model is loaded here and may take traffic. As the V2
         protocol says, 200 means ready and a 4xx not (with what is missing); a load starts for what is."""
+        body = await self._readiness()
+        return JSONResponse(body, status_code=200 if body["ready"] else 400)
+
+    async def _readiness(self) -> dict[str, Any]:
         await self._view.refresh()
         waiting = await self._not_ready(self._routed(), load=True)
-        if waiting:
-            return JSONResponse({"ready": False, "waiting_for": [str(r) for r in waiting]}, status_code=400)
-        return JSONResponse({"ready": True})
+        return {"ready": False, "waiting_for": [str(r) for r in waiting]} if waiting else {"ready": True}
 
     async def metadata(self, request: Request) -> JSONResponse:
-        name, version = request.path_params["name"], version_of(request)
+        return JSONResponse(
+            await self._model_metadata(request.path_params["name"], version_of(request), request.headers)
+        )
+
+    async def _model_metadata(self, name: str, version: str | None, headers: Mapping[str, str]) -> dict[str, Any]:
         # Without a version: the one an inference request would reach now (the routing's choice), not merely the
         # repository's default, which a running app may not route to.
-        ref = self._resolve(name, version) if version else await self._route(name, None, request)
+        ref = self._resolve(name, version) if version else await self._route(name, None, headers)
         graph, _ = await asyncio.to_thread(self._graphs.get, ref)
         versions = [str(ref.version)] if version else self._repository.versions(name)
         model = graph.model
         if model.manifest.task == "embedding":
-            return JSONResponse(v2.model_metadata(name, versions, 0, embedding_width=model.output_width))
+            return v2.model_metadata(name, versions, 0, embedding_width=model.output_width)
         k = min(self._config.options.top_k, len(model.labels))  # what postprocess gives
         raw_width = len(model.labels) if self._config.options.raw_outputs else None
-        return JSONResponse(v2.model_metadata(name, versions, k, raw_width=raw_width))
+        return v2.model_metadata(name, versions, k, raw_width=raw_width)
 
     async def model_ready(self, request: Request) -> JSONResponse:
+        """200 if ready, 400 if not (``_model_readiness``)."""
+        body = await self._model_readiness(request.path_params["name"], version_of(request))
+        return JSONResponse(body, status_code=200 if body["ready"] else 400)
+
+    async def _model_readiness(self, name: str, version: str | None) -> dict[str, Any]:
         """A version is ready when loaded here and it neither failed its check nor was retired (Triton's
-        meaning); a model, when every version its routing sends traffic to is. 200 if ready, 400 if not."""
-        name, version = request.path_params["name"], version_of(request)
+        meaning); a model, when every version its routing sends traffic to is."""
         await self._view.refresh()
         if version is None:
             self._resolve(name, None)  # 404 for a model that is not there
             refs = [ref for ref in self._routed() if ref.name == name]
             ready = not await self._not_ready(refs, load=True)
-            body: dict[str, Any] = {"name": name, "versions": [r.version for r in refs], "ready": ready}
-            return JSONResponse(body, status_code=200 if ready else 400)
+            return {"name": name, "versions": [r.version for r in refs], "ready": ready}
         ref = self._resolve(name, version)
         state = self._snapshot.state_of(ref)
         ready = not await self._not_ready([ref], load=ref in self._routed())
         body = {"name": name, "version": ref.version, "ready": ready, "state": state.state}
-        return JSONResponse(body | ({"error": state.error} if state.error else {}), status_code=200 if ready else 400)
+        return body | ({"error": state.error} if state.error else {})
 
     async def metrics(self, _: Request) -> Response:
         """The whole app's counts (every gateway replica's), in the Prometheus text format."""
@@ -163,7 +168,7 @@ class Gateway(AdminRoutes):
 
     # ------------------------------------------------------------------ scoring
     async def infer(self, request: Request) -> JSONResponse:
-        return await self._observed("infer", request, self._infer)
+        return await self._observed_http("infer", request, self._infer)
 
     async def _infer(self, ref: ModelRef, request: Request) -> JSONResponse:
         body = await self._bodies.body(request)
@@ -175,16 +180,16 @@ class Gateway(AdminRoutes):
         except v2.BadRequest as exc:
             raise HttpError(400, str(exc)) from None
         labels = [f"image {i}" for i in range(len(parsed.images))]
-        table = await self._score(ref, parsed.images, labels, request)
+        table = await self._score(ref, parsed.images, labels, request.headers)
         return self._answer(v2.infer_response(table, parsed.request_id), ref)
 
     async def predict(self, request: Request) -> JSONResponse:
         """A raw image body, or a multipart upload of one or more files; JSON with label, score and top-k."""
-        return await self._observed("predict", request, self._predict)
+        return await self._observed_http("predict", request, self._predict)
 
     async def _predict(self, ref: ModelRef, request: Request) -> JSONResponse:
         files = await self._bodies.files(request)
-        table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request)
+        table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request.headers)
         # The row's answer as in a batch row: label, score and top-k (raw_output when kept), or the embedding.
         answer = [c for c in table.column_names if c not in ("id", "model", "model_version", "error", "error_reason")]
         predictions = [
@@ -234,14 +239,26 @@ class Gateway(AdminRoutes):
         finally:
             self._loading.discard(ref)
 
-    async def _observed(self, endpoint: str, request: Request, handler: Handler) -> Any:
-        """Route, run ``handler(ref, request)`` and record the outcome and latency."""
+    async def _observed_http(self, endpoint: str, request: Request, handler: Handler) -> JSONResponse:
+        name, version = request.path_params["name"], version_of(request)
+        return await self._observed(endpoint, name, version, request.headers, lambda ref: handler(ref, request))
+
+    async def _observed(
+        self,
+        endpoint: str,
+        name: str,
+        version: str | None,
+        headers: Mapping[str, str],
+        handler: Callable[[ModelRef], Awaitable[Answer]],
+    ) -> Answer:
+        """Route, run ``handler(ref)`` and record the outcome (its HTTP status, or the one a gRPC code stands
+        for) and latency."""
         self._start_pushing_metrics()
         start, ref, status = time.perf_counter(), None, 500
         try:
-            ref = await self._route(request.path_params["name"], version_of(request), request)
-            response = await handler(ref, request)
-            status = response.status_code
+            ref = await self._route(name, version, headers)
+            response = await handler(ref)
+            status = getattr(response, "status_code", 200)
             return response
         except StarletteHTTPException as exc:  # e.g. a malformed multipart body
             status = exc.status_code
@@ -262,12 +279,13 @@ class Gateway(AdminRoutes):
                 push_forever(self._metrics_hub, self._replica, self._metrics)
             )
 
-    async def _route(self, name: str, version: str | None, request: Request) -> ModelRef:
-        """An explicit version always wins; otherwise the model's routing policy picks (the default version if none)."""
+    async def _route(self, name: str, version: str | None, headers: Mapping[str, str]) -> ModelRef:
+        """An explicit version always wins; otherwise the model's routing policy picks (the default version if none)
+        from the request's headers (gRPC: its metadata)."""
         await self._view.refresh()
         policy = self._snapshot.routing.get(name)
         if version is None and policy is not None:
-            version = policy.choose(request.headers, self._rng)
+            version = policy.choose(headers, self._rng)
         ref = self._resolve(name, version)
         state = self._snapshot.state_of(ref)
         if not state.routable:
@@ -286,9 +304,9 @@ class Gateway(AdminRoutes):
         except StreamScoreError as exc:  # the repository's own state (a damaged default pointer): ours to mend
             raise HttpError(503, str(exc)) from None
 
-    async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], request: Request) -> Any:
+    async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], headers: Mapping[str, str]) -> Any:
         """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``."""
-        timeout = request_timeout_s(request.headers, self._config.request_timeout_s)
+        timeout = request_timeout_s(headers, self._config.request_timeout_s)
         try:
             async with asyncio.timeout(timeout):  # a scope, not wait_for: no task of its own per request
                 return await self._score_now(ref, images, labels)

@@ -1,4 +1,5 @@
-"""The Open Inference Protocol (KServe V2) over REST: parsing infer requests, building responses.
+"""The Open Inference Protocol (KServe V2) over REST: parsing infer requests, building responses (``grpc_v2``
+turns the same answers into the gRPC messages).
 
 Images travel as one input of datatype ``BYTES``. Two encodings are accepted, as standard V2 clients send them:
 - JSON only: ``"data"`` holds base64 strings (JSON cannot carry raw bytes);
@@ -33,7 +34,8 @@ class InferRequest:
     images: list[bytes]
 
 
-def _split_bytes_tensor(blob: bytes, count: int | None) -> list[bytes]:
+def split_bytes_tensor(blob: bytes, count: int | None) -> list[bytes]:
+    """The elements of a binary BYTES tensor: each a 4-byte little-endian length, then its bytes."""
     items, offset = [], 0
     while offset < len(blob):
         if offset + 4 > len(blob):
@@ -90,7 +92,7 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     if size is not None:
         if not _is_count(size) or size != len(binary):
             raise BadRequest(f"binary_data_size {size!r} does not match the {len(binary)} bytes after the header")
-        images = _split_bytes_tensor(binary, shape[0])
+        images = split_bytes_tensor(binary, shape[0])
     else:
         data = spec.get("data")
         if not isinstance(data, list):
@@ -102,6 +104,17 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         raise BadRequest("no images in the request")
     request_id = header.get("id")
     return InferRequest(request_id if isinstance(request_id, str) else None, images)
+
+
+def server_metadata() -> dict[str, Any]:
+    """V2 server metadata: the name, the installed release, the extensions (the binary tensor one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("streamscore")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        release = "unknown"
+    return {"name": "streamscore", "version": release, "extensions": ["binary_tensor_data"]}
 
 
 def _fp32_tensor(name: str, rows: list[list[float]]) -> dict[str, Any]:
