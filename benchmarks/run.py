@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--apps",
         default="streamscore,peer,peer_on_serve,peer_on_serve_bare",
-        help="--serving: the apps to run, streamscore and peer among them (default all four)",
+        help="--serving: the apps to run, streamscore and peer among them (default all five)",
     )
     parser.add_argument("--run-scenario", help=argparse.SUPPRESS)  # internal: inside a scenario subprocess
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)

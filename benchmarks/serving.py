@@ -11,7 +11,9 @@ The apps below, on the same model and images, each started as its user starts it
 - ``peer_on_serve``: the peer's own endpoint as a Serve app behind the same ingress as ``streamscore serve``
   (``benchmarks/serving_peer_on_serve.py``): what Serve's HTTP path costs before any of our code;
 - ``peer_on_serve_bare``: the same function in a plain ``__call__`` deployment, without FastAPI (``--bare``):
-  the leanest HTTP endpoint Serve can host, Serve's floor.
+  the leanest HTTP endpoint Serve can host, Serve's floor;
+- ``streamscore_grpc``: ``streamscore serve --grpc-port``, driven over gRPC (V2 ``ModelInfer``, one image per
+  call, grpc.aio with the open-inference stubs) instead of HTTP ``/predict``: what the other door costs.
 
 A closed-loop load generator (aiohttp in this process; each of C clients posts its next JPEG when the last is
 answered) drives each app at every concurrency for ``seconds`` after a 2 s warm-up. Rounds interleave the
@@ -38,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-APPS = ("streamscore", "peer", "peer_on_serve", "peer_on_serve_bare")
+APPS = ("streamscore", "peer", "peer_on_serve", "peer_on_serve_bare", "streamscore_grpc")
 # Latency histogram bins: log-spaced from 1 ms to 10 s.
 EDGES_MS = [round(10 ** (i / 20), 3) for i in range(0, 81)]
 
@@ -81,10 +83,13 @@ def in_process(cfg: dict[str, Any], images: list[bytes], rounds: int) -> dict[st
             latencies.append(time.perf_counter() - start)
         result[app] = {"requests": rounds, **_percentiles(latencies)}
     result["peer_on_serve"] = result["peer_on_serve_bare"] = result["peer"]  # the same function
+    result["streamscore_grpc"] = result["streamscore"]
     return result
 
 
 async def _load(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
+    if url.startswith("grpc://"):
+        return await _load_grpc(url, images, concurrency, seconds)
     import aiohttp
 
     latencies: list[float] = []
@@ -118,11 +123,57 @@ async def _load(url: str, images: list[bytes], concurrency: int, seconds: float)
     }
 
 
+async def _load_grpc(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
+    """``_load`` over gRPC: ``grpc://HOST:PORT/MODEL/VERSION``, one channel, C clients each awaiting its call."""
+    import grpc
+    from open_inference.grpc import protocol as pb
+    from open_inference.grpc.service import GRPCInferenceServiceStub
+
+    target, model, version = url.removeprefix("grpc://").split("/")
+    latencies: list[float] = []
+    failures: dict[int, int] = {}
+    deadline = time.perf_counter() + seconds
+
+    async def client(stub: GRPCInferenceServiceStub, offset: int) -> None:
+        i = offset
+        while time.perf_counter() < deadline:
+            contents = pb.InferTensorContents(bytes_contents=[images[i % len(images)]])
+            tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1], contents=contents)
+            request = pb.ModelInferRequest(model_name=model, model_version=version, inputs=[tensor])
+            start = time.perf_counter()
+            try:
+                await stub.ModelInfer(request, timeout=120)
+                latencies.append(time.perf_counter() - start)
+            except grpc.aio.AioRpcError as error:
+                code = error.code().value[0]
+                failures[code] = failures.get(code, 0) + 1
+            i += concurrency
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        start = time.perf_counter()
+        await asyncio.gather(*(client(stub, k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "failures": failures,  # by gRPC status code number
+        "requests_per_s": len(latencies) / elapsed,
+        **_percentiles(latencies),
+        "histogram": _histogram(latencies),
+    }
+
+
+def _grpc_port(port: int) -> int:
+    return port + 1  # beside the HTTP port; _free_port leaves it free
+
+
 def _command(app: str, cfg: dict[str, Any], port: int) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
-    if app == "streamscore":
+    if app.startswith("streamscore"):
         cli = Path(sys.executable).with_name("streamscore")
-        return [str(cli), "serve", "--models-dir", cfg["models_dir"], "--port", str(port)], env
+        command = [str(cli), "serve", "--models-dir", cfg["models_dir"], "--port", str(port)]
+        return [*command, *(["--grpc-port", str(_grpc_port(port))] if app == "streamscore_grpc" else [])], env
     if app.startswith("peer_on_serve"):
         command = [sys.executable, "-m", "benchmarks.serving_peer_on_serve", "--model-dir", cfg["model_dir"]]
         return [*command, "--port", str(port), *(["--bare"] if app == "peer_on_serve_bare" else [])], env
@@ -133,7 +184,7 @@ def _command(app: str, cfg: dict[str, Any], port: int) -> tuple[list[str], dict[
 
 
 def _url(app: str, cfg: dict[str, Any], port: int) -> str:
-    query = f"?version={cfg['version']}" if app == "streamscore" else ""
+    query = f"?version={cfg['version']}" if app.startswith("streamscore") else ""
     return f"http://127.0.0.1:{port}/predict/{cfg['model']}{query}"
 
 
@@ -159,6 +210,8 @@ def _running(app: str, cfg: dict[str, Any], port: int, log: Path, warm_up: list[
                 time.sleep(0.5)
         for data in warm_up:  # every replica or worker loads the model before the load starts
             urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60).read()
+        if app == "streamscore_grpc":  # ready over HTTP; measured over gRPC
+            url = f"grpc://127.0.0.1:{_grpc_port(port)}/{cfg['model']}/{cfg['version']}"
         yield url
     finally:
         process.send_signal(signal.SIGINT)  # both shut down cleanly on Ctrl-C
@@ -170,9 +223,19 @@ def _running(app: str, cfg: dict[str, Any], port: int, log: Path, warm_up: list[
 
 
 def _free_port() -> int:
+    """A free port whose next one is free too (streamscore_grpc's gRPC port)."""
+    import socket
+
     from jobs.ingress import free_app_port
 
-    return free_app_port()
+    while True:
+        port = free_app_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
 
 
 def serving_report(
@@ -261,18 +324,23 @@ def serving_table(report: dict[str, Any]) -> str:
         f"rounds of {report['seconds']:g} s per concurrency (medians)",
         "",
         "| concurrency | streamscore req/s | peer req/s | ratio | peer on Serve req/s (x peer) | "
-        "bare on Serve req/s (x peer) | streamscore p50 / p95 / p99 ms | peer p50 / p95 / p99 ms | "
-        "failures (ours, peer, on Serve, bare) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "bare on Serve req/s (x peer) | streamscore gRPC req/s (x peer) | streamscore p50 / p95 / p99 ms | "
+        "gRPC p50 / p95 / p99 ms | peer p50 / p95 / p99 ms | failures (ours, peer, on Serve, bare, gRPC) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["summary"]:
         ours = " / ".join(f"{row[f'streamscore_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
         theirs = " / ".join(f"{row[f'peer_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
-        on_serve = [_versus_peer(row, app) for app in ("peer_on_serve", "peer_on_serve_bare")]
+        on_serve = [_versus_peer(row, app) for app in ("peer_on_serve", "peer_on_serve_bare", "streamscore_grpc")]
+        grpc_ms = (
+            " / ".join(f"{row[f'streamscore_grpc_{p}']:.1f}" for p in ("p50_ms", "p95_ms", "p99_ms"))
+            if "streamscore_grpc_p50_ms" in row
+            else "-"
+        )
         failures = ", ".join(str(row.get(f"{app}_failures", "-")) for app in APPS)
         lines.append(
             f"| {row['concurrency']} | {row['streamscore_requests_per_s']:.1f} | {row['peer_requests_per_s']:.1f} | "
-            f"{row['requests_per_s_vs_peer']:.2f} | {' | '.join(on_serve)} | {ours} | {theirs} | {failures} |"
+            f"{row['requests_per_s_vs_peer']:.2f} | {' | '.join(on_serve)} | {ours} | {grpc_ms} | {theirs} | {failures} |"
         )
     lines.append("")
     lines.append(
