@@ -113,14 +113,7 @@ async def _load(url: str, images: list[bytes], concurrency: int, seconds: float)
         start = time.perf_counter()
         await asyncio.gather(*(client(session, k) for k in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "failures": failures,
-        "requests_per_s": len(latencies) / elapsed,
-        **_percentiles(latencies),
-        "histogram": _histogram(latencies),
-    }
+    return _result(concurrency, latencies, failures, elapsed)
 
 
 async def _load_grpc(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
@@ -154,10 +147,14 @@ async def _load_grpc(url: str, images: list[bytes], concurrency: int, seconds: f
         start = time.perf_counter()
         await asyncio.gather(*(client(stub, k) for k in range(concurrency)))
         elapsed = time.perf_counter() - start
+    return _result(concurrency, latencies, failures, elapsed)  # failures by gRPC status code number
+
+
+def _result(concurrency: int, latencies: list[float], failures: dict[int, int], elapsed: float) -> dict[str, Any]:
     return {
         "concurrency": concurrency,
         "requests": len(latencies),
-        "failures": failures,  # by gRPC status code number
+        "failures": failures,
         "requests_per_s": len(latencies) / elapsed,
         **_percentiles(latencies),
         "histogram": _histogram(latencies),
