@@ -11,6 +11,7 @@ example: streamscore models quantize efficientnet-lite0:1
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
@@ -143,6 +144,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     quantize.add_argument("--promote", action="store_true", help=_PROMOTE_HELP)
     console.add_models_dir(quantize)
     quantize.set_defaults(models_handler=_quantize)
+    web = commands.add_parser(
+        "export-web",
+        help="write a static web page that classifies images in the browser (onnxruntime-web)",
+        formatter_class=_FORMAT,
+        description="The version's model.onnx, onnxruntime-web's WebAssembly files (copied from the pinned npm "
+        "package, so the page fetches nothing from another origin), and an index.html where a person drops images "
+        "and sees the top-5 of each; scripts call window.streamscore.classify(url). Preprocessing runs in the page "
+        "exactly as the manifest says (Pillow's resampling). Serve the folder over HTTP, e.g. python -m http.server.",
+        epilog="example: streamscore models export-web efficientnet-lite0 site/ && python -m http.server -d site",
+    )
+    web.add_argument("model", metavar="NAME[:VERSION]")
+    web.add_argument("directory", type=Path, metavar="DIR")
+    web.add_argument(
+        "--ort-web-dist",
+        type=Path,
+        help=f"onnxruntime-web's dist/ folder (default: ${ORT_WEB_ENV}, else web/node_modules from `npm ci` in web/)",
+    )
+    web.set_defaults(models_handler=_export_web)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,6 +260,27 @@ def describe(model: ModelVersion) -> str:
             f"  output  {o.name!r}: {answer}",
         ]
     )
+
+
+ORT_WEB_ENV = "STREAMSCORE_ORT_WEB_DIST"
+
+
+def _export_web(args: argparse.Namespace) -> int:
+    from pipeline.models.ref import ModelRef
+    from pipeline.models.web_export import default_runtime_dist, export_web
+
+    dist = args.ort_web_dist or (
+        Path(os.environ[ORT_WEB_ENV]) if os.environ.get(ORT_WEB_ENV) else default_runtime_dist()
+    )
+    written = export_web(str(_local_root(args)), ModelRef.parse(args.model), args.directory, dist)
+    sizes = written["files"]
+    assert isinstance(sizes, dict)
+    print(f"wrote {written['model']} with onnxruntime-web {written['onnxruntime_web']} to {args.directory}")
+    for name, size in sizes.items():
+        print(f"  {name:<32} {size / 1e6:7.2f} MB")
+    print(f"  {'total':<32} {sum(sizes.values()) / 1e6:7.2f} MB")
+    print(f"serve it over HTTP, e.g.: python -m http.server -d {args.directory}")
+    return ExitCode.OK
 
 
 def _quantize(args: argparse.Namespace) -> int:
