@@ -72,10 +72,14 @@ def test_a_version_that_cannot_load_fails_only_its_own_requests(server: str, dig
         assert [f.result()[0] for f in good] == [200] * 12
 
 
-def test_hot_updates_under_load_fail_no_request(server: str, digit_files) -> None:  # type: ignore[no-untyped-def]
-    """Add a version, shift weights, refuse a broken version, roll back and retire, all while 16 clients
-    keep scoring: every request succeeds, and the broken version never takes traffic."""
+def test_hot_updates_under_load_fail_no_request(server: str, grpc_target: str, digit_files) -> None:  # type: ignore[no-untyped-def]
+    """Add a version, shift weights, refuse a broken version, roll back and retire, all while 12 HTTP and 4 gRPC
+    clients keep scoring: every request succeeds, and the broken version never takes traffic."""
     import threading
+
+    import grpc
+    from open_inference.grpc import protocol as pb
+    from open_inference.grpc.service import GRPCInferenceServiceStub
 
     image = digit_files[0][0].read_bytes()
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -95,7 +99,23 @@ def test_hot_updates_under_load_fail_no_request(server: str, digit_files) -> Non
             status, headers, body = request_json(f"{server}/predict/digits", image)
             outcomes.append((status, headers.get("X-Model-Version")))
 
-    clients = [threading.Thread(target=client) for _ in range(16)]
+    stub = GRPCInferenceServiceStub(grpc.insecure_channel(grpc_target))
+    contents = pb.InferTensorContents(bytes_contents=[image])
+    tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1], contents=contents)
+
+    def grpc_client() -> None:
+        while not stop.is_set():
+            try:
+                answer = stub.ModelInfer(pb.ModelInferRequest(model_name="digits", inputs=[tensor]), timeout=60)
+                outcomes.append((200, answer.model_version))
+                grpc_outcomes.append(answer.model_version)
+            except grpc.RpcError as error:
+                outcomes.append((error.code(), None))
+
+    grpc_outcomes: list[str] = []
+    clients = [threading.Thread(target=client) for _ in range(12)] + [
+        threading.Thread(target=grpc_client) for _ in range(4)
+    ]
     for thread in clients:
         thread.start()
     try:
@@ -123,6 +143,7 @@ def test_hot_updates_under_load_fail_no_request(server: str, digit_files) -> Non
         for thread in clients:
             thread.join()
     assert [s for s, _ in outcomes if s != 200] == []
+    assert len(grpc_outcomes) >= 20 and set(grpc_outcomes) <= {"1", "2", "3"}
     served = {v for _, v in outcomes}
     assert "3" in served and "4" not in served and served <= {"1", "2", "3"}
 
