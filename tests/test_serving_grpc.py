@@ -20,10 +20,12 @@ import pytest
 from open_inference.grpc import protocol as pb
 from open_inference.grpc.service import GRPCInferenceServiceStub
 
+from pipeline.serving.app import APP_NAME
 from tests.conftest import SERVED_MAX_REQUEST_BYTES
 from tests.serving import EMBED_MODEL, MODEL, request_json
 
 TRITONCLIENT = "tritonclient[grpc]==2.73.0"
+APPLICATION = {"application": APP_NAME}
 CLIENT_SCRIPT = Path(__file__).with_name("triton_grpc_client.py")
 
 
@@ -43,6 +45,9 @@ def triton_python() -> Path:
 
 
 def triton(python: Path, target: str, calls: list[dict[str, Any]]) -> list[Any]:
+    """Each call with the ``application`` metadata Serve routes on when it runs several apps (other tests of the
+    session deploy their own beside this one; with one app a client may leave it out)."""
+    calls = [call | {"headers": {**APPLICATION, **call.get("headers", {})}} for call in calls]
     done = subprocess.run(
         [str(python), str(CLIENT_SCRIPT), target],
         input=json.dumps(calls),
@@ -198,6 +203,7 @@ def test_typed_contents_and_malformed_requests_over_plain_grpcio(
             MODEL, name="image", datatype="BYTES", shape=[2], contents=pb.InferTensorContents(bytes_contents=images)
         ),
         timeout=60,
+        metadata=tuple(APPLICATION.items()),
     )
     scores = np.frombuffer(typed.raw_output_contents[1], dtype="<f4").reshape(2, 5)
     http = http_infer(server, MODEL, photo_files[:2])
@@ -232,7 +238,7 @@ def test_typed_contents_and_malformed_requests_over_plain_grpcio(
     }
     for what, request in malformed.items():
         with pytest.raises(grpc.RpcError) as refused:
-            stub.ModelInfer(request, timeout=60)
+            stub.ModelInfer(request, timeout=60, metadata=tuple(APPLICATION.items()))
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (what, refused.value)
         assert refused.value.details(), what
     status, text = _get_text(server + "/metrics")

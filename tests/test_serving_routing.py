@@ -81,6 +81,8 @@ def test_hot_updates_under_load_fail_no_request(server: str, grpc_target: str, d
     from open_inference.grpc import protocol as pb
     from open_inference.grpc.service import GRPCInferenceServiceStub
 
+    from pipeline.serving.app import APP_NAME
+
     image = digit_files[0][0].read_bytes()
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -106,7 +108,8 @@ def test_hot_updates_under_load_fail_no_request(server: str, grpc_target: str, d
     def grpc_client() -> None:
         while not stop.is_set():
             try:
-                answer = stub.ModelInfer(pb.ModelInferRequest(model_name="digits", inputs=[tensor]), timeout=60)
+                request = pb.ModelInferRequest(model_name="digits", inputs=[tensor])
+                answer = stub.ModelInfer(request, timeout=60, metadata=(("application", APP_NAME),))
                 outcomes.append((200, answer.model_version))
                 grpc_outcomes.append(answer.model_version)
             except grpc.RpcError as error:

@@ -4,8 +4,8 @@ only: nothing of ours is importable there.
 
     python triton_grpc_client.py HOST:PORT < calls.json > results.json
 
-Each call is a JSON object with ``op`` (live, ready, model_ready, server_metadata, model_metadata, infer) and
-its arguments; each result is what the client returned (outputs as lists, labels decoded), or the error as
+Each call is a JSON object with ``op`` (live, ready, model_ready, server_metadata, model_metadata, infer), its
+arguments and ``headers`` (gRPC metadata); each result is what the client returned (outputs as lists, labels decoded), or the error as
 ``{"code": "StatusCode.X", "message": ...}``.
 """
 
@@ -47,17 +47,17 @@ def _infer(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> di
 
 
 def run(client: grpcclient.InferenceServerClient, call: dict[str, Any]) -> Any:
-    op = call["op"]
+    op, headers = call["op"], call.get("headers")
     if op == "live":
-        return client.is_server_live()
+        return client.is_server_live(headers=headers)
     if op == "ready":
-        return client.is_server_ready()
+        return client.is_server_ready(headers=headers)
     if op == "model_ready":
-        return client.is_model_ready(call["model"], call.get("version", ""))
+        return client.is_model_ready(call["model"], call.get("version", ""), headers=headers)
     if op == "server_metadata":
-        return client.get_server_metadata(as_json=True)
+        return client.get_server_metadata(headers=headers, as_json=True)
     if op == "model_metadata":
-        return client.get_model_metadata(call["model"], call.get("version", ""), as_json=True)
+        return client.get_model_metadata(call["model"], call.get("version", ""), headers=headers, as_json=True)
     if op == "infer":
         return _infer(client, call)
     raise ValueError(f"unknown op {op!r}")
