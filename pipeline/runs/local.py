@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -153,18 +154,32 @@ def _next_task(conn: Connection) -> _Task | None:
         return None
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it. A Ctrl-C while a child's start-up data is being
+    written would leave it reading half of it (it dies printing "EOFError: Ran out of input"). Blocking the
+    signal in this thread was not enough: the kernel hands a process's SIGINT to any thread that does not block
+    it (ONNX Runtime's, pyarrow's), and Python then raises KeyboardInterrupt in the main thread all the same
+    (seen once in a loaded CI run). So Python's own handler is swapped for one that only takes note."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread gets KeyboardInterrupt
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+
+
 class _Child:
     def __init__(self, context: Any, graph: Graph, column: str, record_node: bool) -> None:
         self.conn, child_end = context.Pipe()
         self.process = context.Process(target=_child, args=(child_end, graph, column, record_node), daemon=True)
-        # A Ctrl-C while the child's start-up data is being written would leave it reading half of it (it dies
-        # printing "EOFError: Ran out of input"): the signal waits until the start is done (the child, which
-        # ignores it anyway, inherits the mask).
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
+        with _sigint_deferred():
             self.process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child_end.close()
         self.task: _Task | None = None
         self.ready = False
