@@ -11,8 +11,9 @@ the held-out set in one run (``pipeline.models.quantize.compare``): top-1 agreem
 INT8 top-5, images/s on one ONNX Runtime thread, size, and the RMS error of the logits (a less noisy figure
 than agreement on a few hundred photos). Agreement is also given on benchmark-style images
 (``benchmarks/data.py``: crops of the demo photos among others, so closer to the calibration set). Rows marked
-"weights only" put the INT8 weights back into the float model: what rounding the weights alone costs. The
-table goes to ``docs/benchmarks/``.
+"weights only" put the INT8 weights back into the float model: what rounding the weights alone costs; rows
+marked "activations only" feed the INT8 model its float weights: what the activation ranges alone cost, a
+ceiling for any weight rounding. The table goes to ``docs/benchmarks/``.
 """
 
 from __future__ import annotations
@@ -59,13 +60,22 @@ RECIPES = {
     "minmax, float logits": Recipe(weight_rounding="nearest"),
     "minmax, GPTQ weights": Recipe(float_outputs=False),
     "minmax, GPTQ weights, float logits (default)": Recipe(),
+    "minmax, GPTQ without act-order, float logits (default before)": Recipe(gptq_act_order=False),
     "percentile 99.99, GPTQ weights, float logits": Recipe(method="percentile", percentile=99.99),
     "entropy, GPTQ weights, float logits": Recipe(method="entropy"),
     "minmax, GPTQ, float logits, stem and block 0 in float": Recipe(keep_float=_STEM_B0),
     "minmax, GPTQ, float logits, stem, blocks 0-1 in float": Recipe(keep_float=_STEM_B0 + _B1),
 }
-# Diagnostics: the INT8 weights of a recipe in the float model (activations float).
-WEIGHTS_ONLY = {"weights only, nearest": _before(), "weights only, GPTQ": Recipe()}
+# Diagnostics: the INT8 weights of a recipe in the float model (activations float), and the recipe's quantized
+# activations with the float weights: what each half costs alone.
+WEIGHTS_ONLY = {
+    "weights only, nearest": _before(),
+    "weights only, GPTQ": Recipe(),
+    "activations only (float weights), minmax": Recipe(weight_rounding="nearest"),
+    "activations only (float weights), percentile 99.99": Recipe(
+        weight_rounding="nearest", method="percentile", percentile=99.99
+    ),
+}
 AUGMENTED = ("minmax (shipped before)", "minmax, GPTQ weights, float logits (default)")
 
 
@@ -182,6 +192,26 @@ def _weights_into_float(quantized: Path, source: Path, target: Path) -> None:
     onnx.save(model, str(target))
 
 
+def _float_weights_into_int8(quantized: Path, source: Path, target: Path) -> None:
+    """The INT8 model with each Conv and Gemm fed its float weights (activations still quantized): what the
+    activation ranges alone cost, whatever the weights' rounding."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(source), str(target), skip_symbolic_shape=False)
+    prepared = onnx.load(str(target))
+    weights = {i.name: i for i in prepared.graph.initializer}
+    float_input = {n.name: n.input[1] for n in prepared.graph.node if n.op_type in ("Conv", "Gemm")}
+    model = onnx.load(str(quantized))
+    for node in model.graph.node:
+        if node.name in float_input and float_input[node.name] in weights:
+            name = float_input[node.name] + "_float"
+            model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weights[name[:-6]]), name))
+            node.input[1] = name
+    onnx.save(model, str(target))
+
+
 def study(
     model: ModelVersion,
     calibrations: dict[str, list[Path]],
@@ -216,6 +246,9 @@ def study(
                 if name.startswith("weights only"):
                     _weights_into_float(target, Path(model.model_uri), Path(scratch) / "weights.onnx")
                     target = Path(scratch) / "weights.onnx"
+                elif name.startswith("activations only"):
+                    _float_weights_into_int8(target, Path(model.model_uri), Path(scratch) / "activations.onnx")
+                    target = Path(scratch) / "activations.onnx"
                 else:
                     result = compare(model, ModelVersion(model.manifest, model.labels, str(target)), inputs[first], 1)
                     row |= {

@@ -95,6 +95,7 @@ class Recipe(BaseModel):
     symmetric_activations: bool = False
     keep_float: tuple[str, ...] = ()  # node names left in float (e.g. the stem conv, the classifier)
     weight_rounding: Literal["nearest", "gptq"] = "gptq"
+    gptq_act_order: bool = True  # GPTQ rounds the inputs with the largest Hessian diagonal first
     float_outputs: bool = True  # the graph's outputs (logits, embeddings) are not quantized
     op_types: tuple[str, ...] = ()  # ONNX Runtime's op_types_to_quantize (empty: all it can)
     extra_options: dict[str, bool | int | float] = Field(default_factory=dict)  # more of quantize_static's
@@ -102,7 +103,8 @@ class Recipe(BaseModel):
     def describe(self) -> str:
         calibration = f"{self.method} calibration" + (f" at {self.percentile}" if self.method == "percentile" else "")
         weights = "per-channel" if self.per_channel else "per-tensor"
-        rounding = ", rounded by GPTQ on the calibration images" if self.weight_rounding == "gptq" else ""
+        order = " (act-order)" if self.gptq_act_order else ""
+        rounding = f", rounded by GPTQ{order} on the calibration images" if self.weight_rounding == "gptq" else ""
         activations = "symmetric int8" if self.symmetric_activations else "uint8"
         outputs = ", float outputs" if self.float_outputs else ""
         kept = f", {', '.join(self.keep_float)} kept in float" if self.keep_float else ""
@@ -177,7 +179,7 @@ def quantize_onnx(
         if recipe.weight_rounding == "gptq":
             float_model = onnx.load(str(prepared))
             batches = _batches(calibration, fixed_batch or 1)  # one image at a time: memory of one's activations
-            round_weights(model, float_model, hessians(float_model, batches, input_name))
+            round_weights(model, float_model, hessians(float_model, batches, input_name), recipe.gptq_act_order)
         onnx.save(model, str(target))
 
 
