@@ -1,7 +1,9 @@
-"""``streamscore admin``: the Serve app's admin API from the command line (load, routing, retire).
+"""``streamscore admin``: the Serve app's admin API from the command line (load, routing, release, retire).
 
 example: streamscore admin load digits 2
 example: streamscore admin routing digits --set '{"weights": {"1": 95, "2": 5}}'
+example: streamscore admin routing digits --set '{"weights": {"1": 95, "2": 5}, "guard": {"min_agreement": 0.95}}'
+example: streamscore admin release digits 2
 example: streamscore admin retire digits 1
 
 The token comes from ``--token`` or ``STREAMSCORE_ADMIN_TOKEN``; the app from ``--url`` (default
@@ -37,12 +39,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="retire a version that no routing sends traffic to",
         epilog="example: streamscore admin retire efficientnet-lite0 1",
     )
-    for sub in (load, retire):
+    release = actions.add_parser(
+        "release",
+        help="let routing name a version its guard rolled back (it takes no traffic until routing says so)",
+        epilog="example: streamscore admin release efficientnet-lite0 2",
+    )
+    for sub in (load, retire, release):
         sub.add_argument("name")
         sub.add_argument("version")
     routing = actions.add_parser(
         "routing",
-        help="show a model's routing, or replace it with --set",
+        help="show a model's routing (with its guard, rolled-back versions and shadow comparisons), or replace it",
         epilog="""example: streamscore admin routing efficientnet-lite0 --set '{"weights": {"1": 95, "2": 5}}'""",
     )
     routing.add_argument("name")
@@ -77,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --token or set STREAMSCORE_ADMIN_TOKEN")
     if args.admin_command == "load":
         status, body = call(args.url, token, "POST", f"/admin/models/{args.name}/versions/{args.version}/load")
+    elif args.admin_command == "release":
+        status, body = call(args.url, token, "POST", f"/admin/models/{args.name}/versions/{args.version}/release")
     elif args.admin_command == "retire":
         status, body = call(args.url, token, "DELETE", f"/admin/models/{args.name}/versions/{args.version}")
     elif args.set:

@@ -1,4 +1,5 @@
-"""The admin routes of the gateway: load and check a version, retire one, read and set a model's routing.
+"""The admin routes of the gateway: load and check a version, retire one, read and set a model's routing, release a
+version its guard rolled back.
 
 Kept apart from the scoring routes (``gateway.py``) because they change the app rather than use it: each
 checks the bearer token first (``auth.py``) and then acts through the control plane, which every gateway
@@ -84,10 +85,34 @@ class AdminRoutes:
         self._auth.check(request)
         name = request.path_params["name"]
         await self._view.refresh(force=True)
-        policy = self._snapshot.routing.get(name, RoutingPolicy())
-        states = {v: s.model_dump(exclude_none=True) for v, s in self._snapshot.states_of(name).items()}
+        snapshot = self._snapshot
+        policy = snapshot.routing.get(name, RoutingPolicy())
+        states = {v: s.model_dump(exclude_none=True) for v, s in snapshot.states_of(name).items()}
         held = [ref.version for ref in await self._scorer.loaded() if ref.name == name]
-        return JSONResponse({"model": name, "routing": policy.model_dump(), "versions": states, "loaded": held})
+        guard = snapshot.guards.get(name)
+        window_s = policy.guard.window_s if policy.guard else 60.0
+        return JSONResponse(
+            {
+                "model": name,
+                "routing": policy.model_dump(exclude_defaults=True),
+                "versions": states,
+                "loaded": held,
+                "guard": guard.model_dump() if guard else None,
+                "halted": {str(r.version): e.model_dump() for r, e in snapshot.halted.items() if r.name == name},
+                "traffic": await self._control.traffic.remote(name, window_s) if snapshot.observed(name) else None,
+            }
+        )
+
+    async def admin_release(self, request: Request) -> JSONResponse:
+        """An operator's word that a version its guard rolled back may be routed again."""
+        self._auth.check(request)
+        ref = self._resolve(request.path_params["name"], request.path_params["version"])
+        try:
+            await self._control.release.remote(ref)
+        except ConfigError as exc:
+            raise HttpError(409, str(exc)) from None
+        await self._view.refresh(force=True)
+        return JSONResponse({"model": ref.name, "version": ref.version, "released": True})
 
     async def admin_put_routing(self, request: Request) -> JSONResponse:
         self._auth.check(request)
@@ -110,4 +135,4 @@ class AdminRoutes:
         except ConfigError as exc:
             raise HttpError(409, str(exc)) from None
         await self._view.refresh(force=True)
-        return JSONResponse({"model": name, "routing": policy.model_dump()})
+        return JSONResponse({"model": name, "routing": self._snapshot.routing[name].model_dump(exclude_defaults=True)})

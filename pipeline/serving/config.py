@@ -76,6 +76,11 @@ class ServeConfig(BaseModel):
     scorer_autoscaling: dict[str, Any] | None = None
     # Per model; models without a policy send all traffic to their default version at deploy time.
     routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
+    # Shadow work (a policy's shadow version, or the stable version beside a guarded canary) waiting per gateway
+    # replica: past either bound a request is not shadowed (counted as dropped), so shadowing never delays or
+    # fails a client and holds at most this many encoded bytes.
+    max_shadow_requests: int = Field(default=16, ge=1)
+    max_shadow_bytes: int = Field(default=32_000_000, ge=1)
     # Admin API bearer token. None: the admin API answers 403.
     admin_token: str | None = None
     # Serve's access log line per request, from every gateway replica. Off by default: the app's own

@@ -5,6 +5,11 @@ is answered the moment something changes (or after ``WATCH_TIMEOUT_S`` with noth
 every gateway at once and an app with no changes makes no calls; a gateway also reads it at once after its own
 admin calls. A version is routable unless it failed its check or was retired; a routing change naming one that
 is not routable is refused, so a bad version never takes traffic and the previous routing stays.
+
+The control plane also runs the guards (``guard.py``): gateways report what they saw of guarded and shadowed
+models (``report``), and after each report every watched canary is reviewed over its window. A rolled-back
+canary is ``halted``: routing may not name it again until an operator releases it. Guard state lives here only,
+so every gateway replica follows the same decision and a gateway's restart loses none of it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from ray.exceptions import RayError
 
 from common.errors import ConfigError
 from pipeline.models.ref import ModelRef
+from pipeline.serving import guard
+from pipeline.serving.guard import GuardEvent, GuardStatus
 from pipeline.serving.routing import RoutingPolicy
+from pipeline.serving.traffic import TrafficCounts, TrafficWindow
 
 logger = logging.getLogger(__name__)
 # A waiting ``changed_since`` call is answered after this long even when nothing changed: how soon a gateway
@@ -55,6 +63,14 @@ class ControlSnapshot(BaseModel):
     revision: int = 0
     routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
     states: dict[ModelRef, VersionState] = Field(default_factory=dict)
+    guards: dict[str, GuardStatus] = Field(default_factory=dict)  # per guarded model
+    halted: dict[ModelRef, GuardEvent] = Field(default_factory=dict)  # canaries rolled back, until released
+    rollbacks: dict[ModelRef, int] = Field(default_factory=dict)  # guard rollbacks since this replica began
+
+    def observed(self, name: str) -> bool:
+        """Whether gateways count ``name``'s traffic for the control plane (it has a guard or a shadow)."""
+        policy = self.routing.get(name)
+        return policy is not None and (policy.guard is not None or policy.shadow is not None)
 
     def state_of(self, ref: ModelRef) -> VersionState:
         return self.states.get(ref, READY)
@@ -73,8 +89,15 @@ class ControlSnapshot(BaseModel):
 class ControlPlane:
     # Methods are coroutines so that they all run on the replica's event loop, where the event lives.
     def __init__(self, routing: dict[str, RoutingPolicy]) -> None:
-        self._snapshot = ControlSnapshot(epoch=uuid.uuid4().hex, routing=dict(routing))
+        now = time.time()
+        started = {name: guard.start(policy, now) for name, policy in routing.items() if policy.guard}
+        self._snapshot = ControlSnapshot(
+            epoch=uuid.uuid4().hex,
+            routing={**routing, **{name: policy for name, (policy, _) in started.items()}},
+            guards={name: status for name, (_, status) in started.items()},
+        )
         self._changed = asyncio.Event()  # set, then replaced, at each change
+        self._traffic = TrafficWindow()
 
     async def snapshot(self) -> ControlSnapshot:
         return self._snapshot
@@ -91,14 +114,77 @@ class ControlPlane:
         return self._update(states={**self._snapshot.states, ref: state})
 
     async def set_routing(self, name: str, policy: RoutingPolicy) -> int:
+        named = policy.versions() | ({policy.shadow.version} if policy.shadow else set())
         blocked = {
             v: s.state
-            for v in sorted(policy.versions())
+            for v in sorted(named)
             if not (s := self._snapshot.state_of(ModelRef(name=name, version=v))).routable
         }
         if blocked:
             raise ConfigError(f"routing for {name!r} names versions that cannot take traffic: {blocked}")
-        return self._update(routing={**self._snapshot.routing, name: policy})
+        for version in sorted(policy.versions()):
+            if (halt := self._snapshot.halted.get(ModelRef(name=name, version=version))) is not None:
+                raise ConfigError(
+                    f"version {version} of {name!r} was rolled back by its guard at {_when(halt.at)}: {halt.reason}."
+                    f" Release it first: streamscore admin release {name} {version}"
+                )
+        guards = {k: v for k, v in self._snapshot.guards.items() if k != name}
+        if policy.guard is not None:
+            policy, guards[name] = guard.start(policy)
+        return self._update(routing={**self._snapshot.routing, name: policy}, guards=guards)
+
+    async def release(self, ref: ModelRef) -> int:
+        """An operator's word that a rolled-back version may be routed again (it takes no traffic until then)."""
+        if ref not in self._snapshot.halted:
+            raise ConfigError(f"version {ref.version} of {ref.name!r} was not rolled back")
+        halted = {k: v for k, v in self._snapshot.halted.items() if k != ref}
+        guards = dict(self._snapshot.guards)
+        if ref.name in guards:
+            event = GuardEvent(at=time.time(), by="operator", action="released", version=str(ref.version), reason="")
+            guards[ref.name] = guards[ref.name].with_event(event)
+        return self._update(halted=halted, guards=guards)
+
+    async def report(self, counts: TrafficCounts) -> None:
+        """What a gateway counted since its last report; then every watched canary is reviewed."""
+        now = time.time()
+        windows = [p.guard.window_s for p in self._snapshot.routing.values() if p.guard is not None]
+        self._traffic.add(now, counts, horizon_s=max([60.0, *windows]))
+        routing, guards, halted = dict(self._snapshot.routing), dict(self._snapshot.guards), dict(self._snapshot.halted)
+        rollbacks = dict(self._snapshot.rollbacks)
+        for name, status in self._snapshot.guards.items():
+            policy = routing.get(name)
+            if policy is None or policy.guard is None:
+                continue
+            window = self._traffic.since(max(now - policy.guard.window_s, status.started_at)).of_model(name)
+            if not guard.enough(policy, window, name):  # a slow canary: judged on all it did since it started
+                window = self._traffic.since(status.started_at).of_model(name)
+            step = self._traffic.since(status.step_since or now).of_model(name)
+            decided = guard.review(name, policy, status, window, step, now)
+            if decided is None:
+                continue
+            routing[name], guards[name] = decided.policy, decided.status
+            event = decided.status.events[-1]
+            if decided.rolled_back is not None:
+                ref = ModelRef(name=name, version=decided.rolled_back)
+                halted[ref], rollbacks[ref] = event, rollbacks.get(ref, 0) + 1
+                logger.warning("guard rolled back version %s of %s: %s", event.version, name, event.reason)
+            else:
+                logger.info("guard %s version %s of %s: %s", event.action, event.version, name, event.reason)
+        if guards != self._snapshot.guards:
+            self._update(routing=routing, guards=guards, halted=halted, rollbacks=rollbacks)
+
+    async def traffic(self, name: str, window_s: float = 60.0) -> dict[str, Any]:
+        """What the gateways reported of ``name``: the last ``window_s`` and everything since this replica began,
+        per version and per (answering version, shadow version) pair."""
+
+        def summary(counts: TrafficCounts) -> dict[str, Any]:
+            return {
+                "versions": {v: c.summary() for (_, v), c in sorted(counts.versions.items())},
+                "shadow": {f"{v} vs {s}": c.summary() for (_, v, s), c in sorted(counts.pairs.items())},
+            }
+
+        recent = self._traffic.since(time.time() - window_s).of_model(name)
+        return {"window_s": window_s, "recent": summary(recent), "total": summary(self._traffic.total.of_model(name))}
 
     async def retire(self, ref: ModelRef) -> int:
         policy = self._snapshot.routing.get(ref.name)
@@ -113,6 +199,10 @@ class ControlPlane:
         self._changed.set()  # wakes every waiting changed_since
         self._changed = asyncio.Event()
         return self._snapshot.revision
+
+
+def _when(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
 class ControlView:

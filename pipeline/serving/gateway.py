@@ -1,5 +1,6 @@
-"""The gateway: Open Inference Protocol (V2) routes, ``/predict`` for people, metrics; admin routes from
-``admin.py``, the V2 gRPC methods from ``grpc_v2.py``.
+"""The gateway: Open Inference Protocol (V2) scoring routes, ``/predict`` for people, metrics; health and metadata
+routes from ``health.py``, admin routes from ``admin.py``, the V2 gRPC methods from ``grpc_v2.py``; canary
+fallbacks and shadows through ``canary.py``.
 
 It also preprocesses (decode, resize, crop: CPU work that scales with requests, like the HTTP parsing) and sends
 uint8 pixels to the scorer, so a request makes one hop between deployments. Every scoring response names the
@@ -32,11 +33,13 @@ from pipeline.models.repository import ModelRepository
 from pipeline.serving import v2
 from pipeline.serving.admin import AdminRoutes
 from pipeline.serving.auth import BearerAuth
+from pipeline.serving.canary import CanaryTraffic, Routed, plan
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import ControlView
 from pipeline.serving.grpc_v2 import GrpcMethods
+from pipeline.serving.health import HealthRoutes
 from pipeline.serving.http_body import BodyReader, request_timeout_s
-from pipeline.serving.metrics import GatewayMetrics, push_forever
+from pipeline.serving.metrics import GatewayMetrics, guard_metrics, push_forever, render
 from pipeline.serving.poison import PoisonMemory
 from pipeline.serving.request_limits import check_request_images
 from pipeline.serving.routes import Routes, version_of
@@ -44,12 +47,12 @@ from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.scorer import GraphCache, LocalScorer, ModelScorer, RemoteScorer, Scored, ScorerClient
 
 logger = logging.getLogger(__name__)
-Handler = Callable[[ModelRef, Request], Awaitable[JSONResponse]]
+Handler = Callable[[Routed, Request], Awaitable[JSONResponse]]
 Answer = TypeVar("Answer")
 
 
 @serve.deployment
-class Gateway(AdminRoutes, GrpcMethods):
+class Gateway(AdminRoutes, HealthRoutes, GrpcMethods):
     def __init__(
         self, config: ServeConfig, scorer: Any | None, control: Any, metrics_hub: Any, warm: list[ModelRef]
     ) -> None:
@@ -73,6 +76,10 @@ class Gateway(AdminRoutes, GrpcMethods):
         self._loading: set[ModelRef] = set()
         self._control = control
         self._view = ControlView(control, config.routing)
+        self._shadow_decoder = ThreadPoolExecutor(1, thread_name_prefix="streamscore-shadow")
+        self._canary = CanaryTraffic(
+            control, self._metrics, self._shadow_score, config.max_shadow_requests, config.max_shadow_bytes
+        )
         for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
             if missing := self._missing_versions(model, policy):
                 raise ConfigError(f"routing for {model!r} names versions {missing} not in the repository")
@@ -94,6 +101,7 @@ class Gateway(AdminRoutes, GrpcMethods):
             ("POST", "/predict/{name}", self.predict),
             ("POST", "/admin/models/{name}/versions/{version}/load", self.admin_load),
             ("DELETE", "/admin/models/{name}/versions/{version}", self.admin_retire),
+            ("POST", "/admin/models/{name}/versions/{version}/release", self.admin_release),
             ("GET", "/admin/models/{name}/routing", self.admin_get_routing),
             ("PUT", "/admin/models/{name}/routing", self.admin_put_routing),
         ]:
@@ -103,74 +111,24 @@ class Gateway(AdminRoutes, GrpcMethods):
         """Every HTTP request to the app."""
         return await self._routes.answer(request)
 
-    # ------------------------------------------------------------------ health and metadata
-    async def server_metadata(self, _: Request) -> JSONResponse:
-        """V2 server metadata (``tritonclient``'s ``get_server_metadata``)."""
-        return JSONResponse(v2.server_metadata())
-
-    async def live(self, _: Request) -> JSONResponse:
-        return JSONResponse({"live": True})
-
-    async def ready(self, _: Request) -> JSONResponse:
-        """Ready when every routed version of every model is loaded here and may take traffic. As the V2
-        protocol says, 200 means ready and a 4xx not (with what is missing); a load starts for what is."""
-        body = await self._readiness()
-        return JSONResponse(body, status_code=200 if body["ready"] else 400)
-
-    async def _readiness(self) -> dict[str, Any]:
-        await self._view.refresh()
-        waiting = await self._not_ready(self._routed(), load=True)
-        return {"ready": False, "waiting_for": [str(r) for r in waiting]} if waiting else {"ready": True}
-
-    async def metadata(self, request: Request) -> JSONResponse:
-        return JSONResponse(
-            await self._model_metadata(request.path_params["name"], version_of(request), request.headers)
-        )
-
-    async def _model_metadata(self, name: str, version: str | None, headers: Mapping[str, str]) -> dict[str, Any]:
-        # Without a version: the one an inference request would reach now (the routing's choice), not merely the
-        # repository's default, which a running app may not route to.
-        ref = self._resolve(name, version) if version else await self._route(name, None, headers)
-        graph, _ = await asyncio.to_thread(self._graphs.get, ref)
-        versions = [str(ref.version)] if version else self._repository.versions(name)
-        model = graph.model
-        if model.manifest.task == "embedding":
-            return v2.model_metadata(name, versions, 0, embedding_width=model.output_width)
-        k = min(self._config.options.top_k, len(model.labels))  # what postprocess gives
-        raw_width = len(model.labels) if self._config.options.raw_outputs else None
-        return v2.model_metadata(name, versions, k, raw_width=raw_width)
-
-    async def model_ready(self, request: Request) -> JSONResponse:
-        """200 if ready, 400 if not (``_model_readiness``)."""
-        body = await self._model_readiness(request.path_params["name"], version_of(request))
-        return JSONResponse(body, status_code=200 if body["ready"] else 400)
-
-    async def _model_readiness(self, name: str, version: str | None) -> dict[str, Any]:
-        """A version is ready when loaded here and it neither failed its check nor was retired (Triton's
-        meaning); a model, when every version its routing sends traffic to is."""
-        await self._view.refresh()
-        if version is None:
-            self._resolve(name, None)  # 404 for a model that is not there
-            refs = [ref for ref in self._routed() if ref.name == name]
-            ready = not await self._not_ready(refs, load=True)
-            return {"name": name, "versions": [r.version for r in refs], "ready": ready}
-        ref = self._resolve(name, version)
-        state = self._snapshot.state_of(ref)
-        ready = not await self._not_ready([ref], load=ref in self._routed())
-        body = {"name": name, "version": ref.version, "ready": ready, "state": state.state}
-        return body | ({"error": state.error} if state.error else {})
-
     async def metrics(self, _: Request) -> Response:
         """The whole app's counts (every gateway replica's), in the Prometheus text format."""
         self._start_pushing_metrics()
         await self._metrics_hub.push.remote(self._replica, self._metrics.snapshot())
-        return Response(await self._metrics_hub.render.remote(), media_type="text/plain; version=0.0.4")
+        snapshot = self._snapshot
+        guards = guard_metrics(
+            snapshot.routing,
+            [(r.name, str(r.version)) for r in snapshot.halted],
+            {(r.name, str(r.version)): n for r, n in snapshot.rollbacks.items()},
+        )
+        body = await self._metrics_hub.render.remote() + render(guards)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ scoring
     async def infer(self, request: Request) -> JSONResponse:
         return await self._observed_http("infer", request, self._infer)
 
-    async def _infer(self, ref: ModelRef, request: Request) -> JSONResponse:
+    async def _infer(self, routed: Routed, request: Request) -> JSONResponse:
         body = await self._bodies.body(request)
         header_length = request.headers.get("inference-header-content-length")
         if header_length is not None and not header_length.isdigit():
@@ -180,16 +138,17 @@ class Gateway(AdminRoutes, GrpcMethods):
         except v2.BadRequest as exc:
             raise HttpError(400, str(exc)) from None
         labels = [f"image {i}" for i in range(len(parsed.images))]
-        table = await self._score(ref, parsed.images, labels, request.headers)
-        return self._answer(v2.infer_response(table, parsed.request_id), ref)
+        table = await self._score(routed, parsed.images, labels, request.headers)
+        return self._answer(v2.infer_response(table, parsed.request_id), routed.served)
 
     async def predict(self, request: Request) -> JSONResponse:
         """A raw image body, or a multipart upload of one or more files; JSON with label, score and top-k."""
         return await self._observed_http("predict", request, self._predict)
 
-    async def _predict(self, ref: ModelRef, request: Request) -> JSONResponse:
+    async def _predict(self, routed: Routed, request: Request) -> JSONResponse:
         files = await self._bodies.files(request)
-        table = await self._score(ref, [data for _, data in files], [f for f, _ in files], request.headers)
+        table = await self._score(routed, [data for _, data in files], [f for f, _ in files], request.headers)
+        ref = routed.served
         # The row's answer as in a batch row: label, score and top-k (raw_output when kept), or the embedding.
         answer = [c for c in table.column_names if c not in ("id", "model", "model_version", "error", "error_reason")]
         predictions = [
@@ -200,48 +159,11 @@ class Gateway(AdminRoutes, GrpcMethods):
 
     # ------------------------------------------------------------------ helpers
     def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
-        return sorted(policy.versions() - set(self._repository.versions(name, fresh=True)))
-
-    def _routed(self) -> list[ModelRef]:
-        """Every version some routing policy can send traffic to (a model without one, added after the deploy
-        pinned the others: its default version)."""
-        refs = []
-        for name in self._repository.names():
-            policy = self._snapshot.routing.get(name, RoutingPolicy())
-            try:
-                versions = sorted(policy.versions()) or [self._repository.resolve_version(name, None)]
-            except StreamScoreError as exc:  # no default (several named versions), or a damaged pointer
-                logger.warning("model %s takes no traffic without a version: %s", name, exc)
-                continue  # served only where a request names its version: not the app's readiness to hold up
-            refs += [ModelRef(name=name, version=v) for v in versions]
-        return refs
-
-    async def _not_ready(self, refs: list[ModelRef], load: bool) -> list[ModelRef]:
-        """Those of ``refs`` not loaded here (both halves) or not routable (one call to the scorer). With
-        ``load``, a routable one that is not loaded starts loading (only routed versions are asked to: loading
-        others would evict routed ones)."""
-        loaded = set(await self._scorer.loaded()) & set(self._graphs.cached())
-        waiting = [ref for ref in refs if ref not in loaded or not self._snapshot.state_of(ref).routable]
-        for ref in waiting:
-            if load and self._snapshot.state_of(ref).routable and ref not in self._loading:
-                self._loading.add(ref)
-                task = asyncio.get_running_loop().create_task(self._load_quietly(ref))
-                self._tasks.add(task)  # held: the loop keeps only a weak reference to a task
-                task.add_done_callback(self._tasks.discard)
-        return waiting
-
-    async def _load_quietly(self, ref: ModelRef) -> None:
-        try:
-            await self._scorer.check(ref)
-            await asyncio.to_thread(self._graphs.get, ref)
-        except (StreamScoreError, RayError) as exc:
-            logger.warning("loading %s for readiness failed: %s", ref, exc)
-        finally:
-            self._loading.discard(ref)
+        return sorted(policy.named_versions() - set(self._repository.versions(name, fresh=True)))
 
     async def _observed_http(self, endpoint: str, request: Request, handler: Handler) -> JSONResponse:
         name, version = request.path_params["name"], version_of(request)
-        return await self._observed(endpoint, name, version, request.headers, lambda ref: handler(ref, request))
+        return await self._observed(endpoint, name, version, request.headers, lambda routed: handler(routed, request))
 
     async def _observed(
         self,
@@ -249,15 +171,15 @@ class Gateway(AdminRoutes, GrpcMethods):
         name: str,
         version: str | None,
         headers: Mapping[str, str],
-        handler: Callable[[ModelRef], Awaitable[Answer]],
+        handler: Callable[[Routed], Awaitable[Answer]],
     ) -> Answer:
-        """Route, run ``handler(ref)`` and record the outcome (its HTTP status, or the one a gRPC code stands
+        """Route, run ``handler(routed)`` and record the outcome (its HTTP status, or the one a gRPC code stands
         for) and latency."""
         self._start_pushing_metrics()
-        start, ref, status = time.perf_counter(), None, 500
+        start, routed, status = time.perf_counter(), None, 500
         try:
-            ref = await self._route(name, version, headers)
-            response = await handler(ref)
+            routed = await self._route(name, version, headers)
+            response = await handler(routed)
             status = getattr(response, "status_code", 200)
             return response
         except StarletteHTTPException as exc:  # e.g. a malformed multipart body
@@ -265,13 +187,17 @@ class Gateway(AdminRoutes, GrpcMethods):
             raise
         except HttpError as exc:
             status = exc.status
-            if ref is not None:  # a request refused after routing still names the version it went to
-                exc.headers.setdefault("X-Model-Version", str(ref.version))
+            if routed is not None:  # a request refused after routing still names the version it went to
+                exc.headers.setdefault("X-Model-Version", str(routed.served.version))
             raise
         finally:
             # A name that resolved to no version is not a model: one label for all of them keeps /metrics bounded.
-            model, resolved = (ref.name, str(ref.version)) if ref is not None else ("unknown", "none")
-            self._metrics.observe(model, resolved, endpoint, status, time.perf_counter() - start)
+            served = routed.served if routed is not None else None
+            model, resolved = (served.name, str(served.version)) if served is not None else ("unknown", "none")
+            elapsed_s = time.perf_counter() - start
+            self._metrics.observe(model, resolved, endpoint, status, elapsed_s)
+            if routed is not None:
+                self._canary.finished(routed, status, elapsed_s)
 
     def _start_pushing_metrics(self) -> None:
         if self._pusher is None:
@@ -279,20 +205,22 @@ class Gateway(AdminRoutes, GrpcMethods):
                 push_forever(self._metrics_hub, self._replica, self._metrics)
             )
 
-    async def _route(self, name: str, version: str | None, headers: Mapping[str, str]) -> ModelRef:
+    async def _route(self, name: str, version: str | None, headers: Mapping[str, str]) -> Routed:
         """An explicit version always wins; otherwise the model's routing policy picks (the default version if none)
-        from the request's headers (gRPC: its metadata)."""
+        from the request's headers (gRPC: its metadata), with a fallback and a shadow where it says so."""
         await self._view.refresh()
-        policy = self._snapshot.routing.get(name)
+        snapshot = self._snapshot
+        policy = snapshot.routing.get(name)
+        chosen_by_policy = version is None and policy is not None
         if version is None and policy is not None:
             version = policy.choose(headers, self._rng)
         ref = self._resolve(name, version)
-        state = self._snapshot.state_of(ref)
+        state = snapshot.state_of(ref)
         if not state.routable:
             raise HttpError(
                 404, f"version {ref.version} of {name!r} is {state.state}" + (f": {state.error}" if state.error else "")
             )
-        return ref
+        return plan(snapshot, ref, chosen_by_policy, self._rng)
 
     def _resolve(self, name: str, version: str | None) -> ModelRef:
         """The version ``version`` of ``name`` (its default for None); 404 when there is none."""
@@ -304,28 +232,70 @@ class Gateway(AdminRoutes, GrpcMethods):
         except StreamScoreError as exc:  # the repository's own state (a damaged default pointer): ours to mend
             raise HttpError(503, str(exc)) from None
 
-    async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], headers: Mapping[str, str]) -> Any:
-        """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``."""
+    async def _score(self, routed: Routed, images: list[bytes], labels: list[str], headers: Mapping[str, str]) -> Any:
+        """Preprocess and score within the request's time limit. Full queues answer 503 with ``Retry-After``. A
+        guarded canary that cannot answer hands the request to the stable version (``canary.py``)."""
         timeout = request_timeout_s(headers, self._config.request_timeout_s)
+        ref, spent = routed.ref, list[float]()
         try:
             async with asyncio.timeout(timeout):  # a scope, not wait_for: no task of its own per request
-                return await self._score_now(ref, images, labels)
+                try:
+                    table = await self._score_or_refuse(ref, images, labels, spent)
+                except HttpError as exc:
+                    routed.service_s = sum(spent)
+                    if routed.fallback is None:
+                        raise
+                    ref = routed.fallback
+                    table = await self._score_or_refuse(ref, images, labels)  # its refusal, if any, is the answer
+                    routed.failed_over = True
+                    logger.info("canary %s failed a request that %s answered: %s", routed.ref, ref, exc.message)
+                else:
+                    routed.service_s = sum(spent)
+                routed.answered, routed.images, routed.table = ref, images, table
+                return table
         except TimeoutError:
             raise HttpError(504, f"not scored within {timeout:g} s") from None
         except BackPressureError:
             raise HttpError(503, "the scoring queues are full; retry shortly", {"Retry-After": "1"}) from None
+
+    async def _score_or_refuse(
+        self, ref: ModelRef, images: list[bytes], labels: list[str], spent: list[float] | None = None
+    ) -> Any:
+        try:
+            return await self._score_now(ref, images, labels, spent)
         except RayError as exc:  # a scorer replica died mid-request: the server's fault, said so
             logger.warning("scoring %s failed: %s", ref, exc)
             raise HttpError(
                 503, f"version {ref.version} of {ref.name!r} could not score: {type(exc).__name__}"
             ) from None
 
-    async def _score_now(self, ref: ModelRef, images: list[bytes], labels: list[str]) -> Any:
-        """Preprocess, then score; any image that cannot be scored fails the request with its reason (400)."""
+    async def _shadow_score(self, ref: ModelRef, images: list[bytes]) -> Any:
+        """``ref``'s table for ``images``, for a comparison only: preprocessed in the shadow's own thread, so
+        clients' decoders are never taken; raises on any error (the shadow queue counts it)."""
+        stop = threading.Event()
+        stage = (await asyncio.to_thread(self._graphs.get, ref))[1]
+        loop = asyncio.get_running_loop()
+        pixels, errors = await loop.run_in_executor(self._shadow_decoder, self._poison.preprocess, stage, images, stop)
+        if any(e is not None for e in errors):
+            raise StreamScoreError("; ".join(str(e) for e in errors if e is not None))
+        if self._inline is not None:
+            scored = await loop.run_in_executor(self._shadow_decoder, self._inline.score_now, ref, pixels)
+        else:
+            scored = await self._scorer.score(ref, pixels)
+        if scored.error is not None:
+            raise StreamScoreError(scored.error)
+        return scored.table
+
+    async def _score_now(
+        self, ref: ModelRef, images: list[bytes], labels: list[str], spent: list[float] | None = None
+    ) -> Any:
+        """Preprocess, then score; any image that cannot be scored fails the request with its reason (400).
+        ``spent`` gets the seconds the version's own work took (preprocessing, inference), without waits."""
+        spent = spent if spent is not None else []
         stop = threading.Event()  # set when the request is given up (504): its images not yet begun are skipped
         try:
             loop = asyncio.get_running_loop()
-            pixels, errors, scored = await loop.run_in_executor(self._decoders, self._work, ref, images, stop)
+            pixels, errors, scored = await loop.run_in_executor(self._decoders, self._work, ref, images, stop, spent)
         except HttpError:  # a refusal of this request (its limits, a known poison image): answered as it is
             raise
         except StreamScoreError as exc:  # the version's files cannot be loaded here
@@ -337,6 +307,7 @@ class Gateway(AdminRoutes, GrpcMethods):
             raise HttpError(400, "; ".join(bad))
         if scored is None:
             scored = await self._scorer.score(ref, pixels)
+            spent.append(scored.seconds)
         if scored.error is not None:
             raise HttpError(503, f"version {ref.version} of {ref.name!r} could not score: {scored.error}")
         self._metrics.images.labels(ref.name, ref.version).inc(len(images))
@@ -344,15 +315,20 @@ class Gateway(AdminRoutes, GrpcMethods):
         return scored.table
 
     def _work(
-        self, ref: ModelRef, images: list[bytes], stop: threading.Event
+        self, ref: ModelRef, images: list[bytes], stop: threading.Event, spent: list[float]
     ) -> tuple[np.ndarray, list[str | None], Scored | None]:
         """A request's work in one decoder thread: encoded images -> uint8 pixels ``(N, H, W, C)`` and a
-        per-image error (or None); with inline scoring and no errors, also the scores (else None)."""
-        check_request_images(images, self._config)  # header parsing: CPU work, kept off the event loop
-        pixels, errors = self._poison.preprocess(self._graphs.get(ref)[1], images, stop)
-        if self._inline is None or any(e is not None for e in errors) or stop.is_set():
-            return pixels, errors, None
-        return pixels, errors, self._inline.score_now(ref, pixels)
+        per-image error (or None); with inline scoring and no errors, also the scores (else None). Its time
+        goes into ``spent``."""
+        start = time.perf_counter()
+        try:
+            check_request_images(images, self._config)  # header parsing: CPU work, kept off the event loop
+            pixels, errors = self._poison.preprocess(self._graphs.get(ref)[1], images, stop)
+            if self._inline is None or any(e is not None for e in errors) or stop.is_set():
+                return pixels, errors, None
+            return pixels, errors, self._inline.score_now(ref, pixels)
+        finally:
+            spent.append(time.perf_counter() - start)
 
     @staticmethod
     def _answer(body: dict[str, Any], ref: ModelRef) -> JSONResponse:

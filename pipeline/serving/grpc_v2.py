@@ -27,8 +27,8 @@ import numpy as np
 from open_inference.grpc import protocol as pb
 
 from common.errors import HttpError
-from pipeline.models.ref import ModelRef
 from pipeline.serving import grpc_service, v2
+from pipeline.serving.canary import Routed
 
 SERVICER = f"{grpc_service.__name__}.add_GRPCInferenceServiceServicer_to_server"  # what Serve registers
 GRPC_CODES = {
@@ -150,7 +150,7 @@ class GrpcMethods:
     ) -> Any:
         raise NotImplementedError  # the gateway's
 
-    async def _score(self, ref: ModelRef, images: list[bytes], labels: list[str], headers: Mapping[str, str]) -> Any:
+    async def _score(self, routed: Routed, images: list[bytes], labels: list[str], headers: Mapping[str, str]) -> Any:
         raise NotImplementedError  # the gateway's
 
     async def ServerLive(self, request: pb.ServerLiveRequest, grpc_context: Any = None) -> pb.ServerLiveResponse:  # noqa: N802 - the RPC's name
@@ -184,9 +184,9 @@ class GrpcMethods:
         """Like ``POST /v2/models/{name}[/versions/{version}]/infer``; counted as endpoint ``grpc_infer``."""
         headers = metadata_of(grpc_context)
 
-        async def infer(ref: ModelRef) -> pb.ModelInferResponse:
+        async def infer(routed: Routed) -> pb.ModelInferResponse:
             images = images_of(request, self._config.max_request_bytes)
-            table = await self._score(ref, images, [f"image {i}" for i in range(len(images))], headers)
+            table = await self._score(routed, images, [f"image {i}" for i in range(len(images))], headers)
             answer_ = v2.infer_response(table, request.id or None)
             return infer_response(answer_, [o.name for o in request.outputs])
 

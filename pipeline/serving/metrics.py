@@ -21,6 +21,8 @@ from prometheus_client.metrics_core import Metric
 from ray import serve
 from ray.exceptions import RayError
 
+from pipeline.serving.traffic import PairCounts
+
 logger = logging.getLogger(__name__)
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -63,6 +65,36 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        pair = ["model", "version", "shadow_version"]
+        self.shadow_requests = Counter(
+            "streamscore_shadow_requests",
+            "Requests also given to a shadow version, by outcome: compared, error (the shadow failed), dropped "
+            "(its queue was full)",
+            [*pair, "outcome"],
+            registry=self.registry,
+        )
+        self.shadow_agreement = Counter(
+            "streamscore_shadow_agreement",
+            "Sum over compared requests of their agreement (top-1 equal, or the embeddings' cosine similarity); "
+            "divide by the compared requests",
+            pair,
+            registry=self.registry,
+        )
+        self.shadow_top5_overlap = Counter(
+            "streamscore_shadow_top5_overlap",
+            "Sum over compared requests of the share of top-5 labels both versions gave",
+            pair,
+            registry=self.registry,
+        )
+
+    def observe_shadow(self, model: str, version: str, shadow: str, outcome: PairCounts) -> None:
+        for name, count in (("compared", outcome.compared), ("error", outcome.errors), ("dropped", outcome.dropped)):
+            if count:
+                self.shadow_requests.labels(model, version, shadow, name).inc(count)
+        if outcome.compared:
+            self.shadow_agreement.labels(model, version, shadow).inc(outcome.agreement)
+            self.shadow_top5_overlap.labels(model, version, shadow).inc(outcome.top5_overlap)
+
     def observe(self, model: str, version: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(model, version, endpoint, str(status)).inc()
         self.latency.labels(model, version, endpoint).observe(seconds)
@@ -98,6 +130,25 @@ def merge(snapshots: Iterable[list[Family]]) -> list[Metric]:
         for (sample_name, labels), value in sums[name].items():
             metric.add_sample(sample_name, dict(labels), value)
     return list(families.values())
+
+
+def guard_metrics(
+    routing: dict[str, Any], halted: Iterable[tuple[str, str]], rollbacks: dict[tuple[str, str], int]
+) -> list[Metric]:
+    """The control plane's state as metrics (every replica holds the same): each routed version's share of its
+    model's split traffic, the versions rolled back and not released, and rollbacks so far."""
+    weight = Metric("streamscore_routing_weight_percent", "A version's share of its model's weighted traffic", "gauge")
+    for model, policy in sorted(routing.items()):
+        total = sum(w for w in policy.weights.values() if w > 0)
+        for version, w in sorted(policy.weights.items()):
+            weight.add_sample(weight.name, {"model": model, "version": version}, 100 * w / total if total else 0.0)
+    held = Metric("streamscore_guard_halted", "1 for a version its guard rolled back, until released", "gauge")
+    for model, version in sorted(halted):
+        held.add_sample(held.name, {"model": model, "version": version}, 1.0)
+    rolled = Metric("streamscore_guard_rollbacks", "Canaries rolled back by their guard", "counter")
+    for (model, version), count in sorted(rollbacks.items()):
+        rolled.add_sample(rolled.name + "_total", {"model": model, "version": version}, float(count))
+    return [weight, held, rolled]
 
 
 class _Collected:

@@ -3,6 +3,10 @@
 Ray Serve has no weighted traffic split or header rules of its own (it dropped traffic splitting after 1.x),
 so the gateway applies a ``RoutingPolicy`` per model. Sticky splits hash the request key (e.g. a user id
 header) to a fixed point in [0, 1), so one user keeps seeing one version while the weights stay put.
+
+A policy may also name a ``shadow`` version (scored beside the answer, never returned) and a ``guard`` on its
+canaries (every routed version but the ``stable`` one): ``guard.py`` says when a canary is rolled back, and
+``steps`` walk a single canary's share up while the guard holds.
 """
 
 from __future__ import annotations
@@ -22,14 +26,59 @@ class HeaderRule(BaseModel):
     version: str
 
 
+class Shadow(BaseModel):
+    """Score ``fraction`` of a model's requests with ``version`` too, in the background; only compared."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    fraction: float = Field(default=1.0, gt=0, le=1)
+
+
+class Guard(BaseModel):
+    """When a canary is rolled back: any limit breached over the last ``window_s``, once the canary has had
+    ``min_requests`` there. Agreement is with the stable version, scored in the shadow on canary requests
+    (top-1 equal for classifiers, cosine similarity for embeddings); errors are the canary's failures that the
+    stable version answered (the client then got the stable version's answer); p99 is of the canary's own time
+    on a request (its preprocessing and inference, without the waits for a thread or a batch that every
+    version shares), in ms or as a ratio to the stable version's over the same window. ``min_requests`` must
+    come within ``window_s``: a canary too slow for that is stopped by the request timeout instead."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    max_p99_ms: float | None = Field(default=None, gt=0)
+    max_p99_ratio: float | None = Field(default=None, gt=0)
+    min_requests: int = Field(default=50, ge=1)
+    window_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> Guard:
+        if all(x is None for x in (self.min_agreement, self.max_error_rate, self.max_p99_ms, self.max_p99_ratio)):
+            raise ValueError("a guard needs a limit: min_agreement, max_error_rate, max_p99_ms or max_p99_ratio")
+        return self
+
+
 class RoutingPolicy(BaseModel):
-    """``weights`` (version -> weight, any positive scale); empty weights mean the model's default version."""
+    """``weights`` (version -> weight, any positive scale); empty weights mean the model's default version.
+
+    ``stable``: with a ``guard``, the version a rolled-back canary's traffic returns to; by default the version
+    with the largest weight. ``steps`` (canary percentages, rising, ending at 100) need weights naming the stable
+    version and one canary, whose share the app sets to each step in turn every ``interval_s`` while the guard
+    holds; at 100 the canary is promoted (it takes all traffic).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     weights: dict[str, float] = Field(default_factory=dict)
     rules: list[HeaderRule] = Field(default_factory=list)
     sticky_header: str | None = None
+    shadow: Shadow | None = None
+    guard: Guard | None = None
+    stable: str | None = None
+    steps: list[float] = Field(default_factory=list)
+    interval_s: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> RoutingPolicy:
@@ -37,11 +86,58 @@ class RoutingPolicy(BaseModel):
             raise ValueError(f"weights must not be negative: {self.weights}")
         if self.weights and not any(w > 0 for w in self.weights.values()):
             raise ValueError(f"at least one version needs a positive weight: {self.weights}")
+        if (self.guard or self.steps) and self.stable_version() is None:
+            raise ValueError("a guard needs the stable version: name it in 'stable' (the weights do not tell)")
+        if self.steps:
+            if self.guard is None:
+                raise ValueError("steps advance only while a guard holds: add a guard")
+            if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)) or self.steps[0] <= 0:
+                raise ValueError(f"steps must rise from above 0: {self.steps}")
+            if self.steps[-1] != 100:
+                raise ValueError(f"steps must end at 100 (the canary promoted): {self.steps}")
+            if len(self.canaries()) != 1:
+                raise ValueError(f"steps need weights naming the stable version and one canary: {self.weights}")
         return self
 
     def versions(self) -> set[str]:
         """Every version this policy can send traffic to."""
         return {v for v, w in self.weights.items() if w > 0} | {r.version for r in self.rules}
+
+    def named_versions(self) -> set[str]:
+        """Every version this policy scores: those it routes to, its shadow, and the stable version a guard
+        falls back to and compares with."""
+        shadow = {self.shadow.version} if self.shadow else set()
+        stable = {s} if (self.guard or self.steps) and (s := self.stable_version()) else set()
+        return self.versions() | shadow | stable
+
+    def stable_version(self) -> str | None:
+        """The version a guarded canary's traffic returns to: ``stable``, else the only largest weight."""
+        if self.stable is not None:
+            return self.stable
+        positive = {v: w for v, w in self.weights.items() if w > 0}
+        top = [v for v, w in positive.items() if w == max(positive.values(), default=0)]
+        return top[0] if len(top) == 1 else None
+
+    def canaries(self) -> set[str]:
+        """The versions a guard watches: every routed version but the stable one."""
+        return self.versions() - {self.stable_version()} if self.guard or self.steps else set()
+
+    def at_step(self, percent: float) -> RoutingPolicy:
+        """This policy with the canary at ``percent`` of the split traffic (the rest to the stable version)."""
+        (canary,) = self.canaries()
+        stable = str(self.stable_version())
+        return self.model_copy(
+            update={"weights": {stable: 100 - percent, canary: percent} if percent < 100 else {canary: 100}}
+        )
+
+    def without(self, version: str) -> RoutingPolicy:
+        """This policy with ``version``'s traffic sent to the stable version: no weight, no rule, no steps."""
+        stable = str(self.stable_version())
+        weights = {v: w for v, w in self.weights.items() if v != version} or {stable: 1.0}
+        if not any(w > 0 for w in weights.values()):
+            weights = {**weights, stable: 1.0}
+        rules = [r for r in self.rules if r.version != version]
+        return self.model_copy(update={"weights": weights, "rules": rules, "steps": [], "stable": stable})
 
     def choose(self, headers: Mapping[str, str], rng: random.Random) -> str | None:
         """The version for a request without an explicit one; None means the default version."""

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -89,6 +90,7 @@ class Scored:
     table: pa.Table | None
     batch_requests: int  # requests that shared the batch
     error: str | None = None
+    seconds: float = 0.0  # the inference of this request's version in the batch (its group), without waits
 
 
 class ModelScorer:
@@ -116,18 +118,20 @@ class ModelScorer:
             offset = 0
             for i in members:
                 table = group.table.slice(offset, len(pixels[i])) if group.table is not None else None
-                results[i] = Scored(table, n, group.error)
+                results[i] = Scored(table, n, group.error, group.seconds)
                 offset += len(pixels[i])
         return results
 
     def score_now(self, ref: ModelRef, pixels: np.ndarray, batch_requests: int = 1) -> Scored:
         """Score ``pixels`` in the calling thread: unbatched, or one version's share of a batch. A version that
         cannot load or whose inference fails gives an error, for its own requests only."""
+        start = time.perf_counter()
         try:
-            return Scored(self._run(ref, pixels), batch_requests)
+            return Scored(self._run(ref, pixels), batch_requests, seconds=time.perf_counter() - start)
         except StreamScoreError as exc:
             logger.warning("scoring %s failed: %s", ref, exc)
-            return Scored(None, batch_requests, f"{type(exc).__name__}: {exc}"[:500])
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            return Scored(None, batch_requests, error, time.perf_counter() - start)
 
     def check(self, ref: ModelRef) -> None:
         """Load ``ref`` and score a warm-up batch; an InferenceError unless every output is finite."""
