@@ -82,7 +82,8 @@ def test_header_rule_canaries_are_watched_and_removed() -> None:
     assert policy.canaries() == {"2"}
     _, status = guard.start(policy, now=0.0)
     decided = guard.review(MODEL, policy, status, traffic(canary=(40, 10, 5.0)), TrafficCounts(), now=1.0)
-    assert decided is not None and decided.policy.rules == [] and decided.policy.weights == {"1": 1.0}
+    # Rules only: the rule goes, and the rest of the traffic stays with the default version, as before.
+    assert decided is not None and decided.policy.rules == [] and decided.policy.weights == {}
 
 
 def test_steps_advance_only_after_the_interval_with_enough_requests_then_promote() -> None:
@@ -121,6 +122,9 @@ def test_a_breach_during_the_steps_rolls_back() -> None:
             "one canary",
         ),
         ({"shadow": {"version": "2", "fraction": 1.5}}, "less than or equal to 1"),
+        ({"weights": {"1": 95, "2": 5}, "guard": {"max_error_rate": 0.1}, "steps": [100]}, "after one below it"),
+        ({"weights": {"1": 95, "2": 5}, "guard": {"max_error_rate": 0.1}, "interval_s": "Infinity"}, "finite"),
+        ({"weights": {"1": "NaN", "2": 5}}, "finite"),
     ],
 )
 def test_policies_that_cannot_work_are_refused(policy: dict, message: str) -> None:
@@ -157,3 +161,33 @@ def test_the_config_files_commented_routing_example_is_a_valid_policy() -> None:
     example = "\n".join(line.replace("# ", "", 1) for line in lines[start:] if line.strip().startswith("#"))
     for policy in yaml.safe_load(example)["routing"].values():
         assert RoutingPolicy.model_validate(policy).canaries() == {"2"}
+
+
+def test_a_second_canary_stays_watched_after_the_first_is_rolled_back() -> None:
+    policy, status = guard.start(RoutingPolicy(weights={"1": 80, "2": 10, "3": 10}, guard=GUARD), now=0.0)
+    first = guard.review(MODEL, policy, status, traffic(canary=(40, 10, 5.0)), TrafficCounts(), now=1.0)
+    assert first is not None and first.rolled_back == "2" and first.status.state == "watching"
+    assert first.policy.canaries() == {"3"}
+    failing = TrafficCounts()
+    for _ in range(40):
+        failing.version(MODEL, "3").observe(5.0, failed=True)
+    second = guard.review(MODEL, first.policy, first.status, failing, TrafficCounts(), now=2.0)
+    assert second is not None and second.rolled_back == "3" and second.status.state == "rolled_back"
+    assert second.policy.weights == {"1": 80}
+
+
+def test_no_step_is_taken_without_evidence_for_every_limit() -> None:
+    """Shadow work dropped (too few comparisons) or too little of the stable version for the p99 ratio: the
+    guard cannot tell, so the canary waits at its step rather than walking up unchecked."""
+    asked = RoutingPolicy(weights={"1": 95, "2": 5}, guard=GUARD, steps=[5, 50, 100], interval_s=10)
+    policy, status = guard.start(asked, now=0.0)
+    for thin in (traffic(agreeing=(19, 19)), traffic(agreeing=None), traffic(stable=(5, 0, 5.0))):
+        assert guard.review(MODEL, policy, status, thin, thin, now=11.0) is None
+    assert "comparisons" in str(guard.evidence_missing(GUARD, traffic(agreeing=None), MODEL, "1", "2"))
+    assert guard.evidence_missing(GUARD, traffic(), MODEL, "1", "2") is None
+
+
+def test_a_nan_agreement_breaks_the_guard() -> None:
+    counts = traffic(agreeing=None)
+    counts.pair(MODEL, "2", "1").add(PairCounts(compared=40, agreement=float("nan")))
+    assert "agreement" in str(guard.breach(GUARD, counts, MODEL, "1", "2"))

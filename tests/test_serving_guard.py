@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,8 @@ from tests.serving import ADMIN_TOKEN, request_json
 pytestmark = pytest.mark.slow
 GUARDED = "guarded-digits"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-# Small so that the test is short: the guard decides after 20 canary requests, within a 10 s window.
-GUARD = {"min_agreement": 0.9, "max_error_rate": 0.05, "max_p99_ratio": 3.0, "min_requests": 20, "window_s": 10}
+# Small so that the test is short: the guard decides after 20 canary requests, within a 15 s window.
+GUARD = {"min_agreement": 0.9, "max_error_rate": 0.05, "max_p99_ratio": 3.0, "min_requests": 20, "window_s": 15}
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def guarded_model(server: str, served_repository: Path) -> Iterator[str]:
     5 (a healthy copy of 1). Removed afterwards, so that later tests' readiness does not wait for it; and as
     its versions took the replicas' version cache, the app is ready again (the routed versions reloaded)
     before the next test."""
-    root = served_repository / GUARDED
+    root = served_repository / f"{GUARDED}-{uuid.uuid4().hex[:6]}"  # its own: the control plane remembers halts
     stable = canaries.add_version(root, MODELS_DIR / "digits" / "1", "1")
     for version, spoil in (
         ("2", canaries.broken_preprocessing),
@@ -42,7 +43,7 @@ def guarded_model(server: str, served_repository: Path) -> Iterator[str]:
         folder = canaries.add_version(root, stable, version)
         if spoil is not None:
             spoil(folder)
-    yield GUARDED
+    yield root.name
     shutil.rmtree(root)
     wait_for(lambda: all(request_json(f"{server}/v2/health/ready")[0] == 200 for _ in range(6)), 60, 0.5)
 
@@ -76,6 +77,7 @@ class Load:
         from pipeline.serving.app import APP_NAME
 
         self.outcomes: list[tuple[Any, str | None]] = []
+        self.grpc_answers: list[str] = []
         self._stop = threading.Event()
 
         def http_client(offset: int) -> None:
@@ -101,6 +103,7 @@ class Load:
                         metadata=(("application", APP_NAME),),
                     )
                     self.outcomes.append((200, answer.model_version))
+                    self.grpc_answers.append(answer.model_version)
                 except grpc.RpcError as error:
                     self.outcomes.append((error.code(), None))
                 i += 1
@@ -142,9 +145,17 @@ def test_bad_canaries_are_rolled_back_and_a_good_one_promoted_with_no_failed_req
             report[canary] = rolled_back["at"] - started["at"]
             assert report[canary] <= GUARD["window_s"], (canary, report[canary], rolled_back["reason"])
             assert body["routing"]["weights"] == {"1": 70.0} and canary in body["halted"]
+
+            # Every gateway replica stops sending it traffic (they follow the control plane within a second).
+            def only_stable() -> bool:
+                answers = [request_json(f"{server}/predict/{guarded_model}", images[0])[1] for _ in range(12)]
+                return {headers.get("X-Model-Version") for headers in answers} == {"1"}
+
+            wait_for(only_stable, 10, 0.2)
             # Not routed again until an operator says so.
             status, refused = _admin(server, "PUT", routing, {"weights": {"1": 50, canary: 50}})
-            assert status == 409 and "release it first" in refused["error"].lower(), refused
+            assert status == 409 and refused["error"].startswith(f"version {canary} of"), refused
+            assert "release it first" in refused["error"].lower() and "Traceback" not in refused["error"], refused
 
         # A healthy canary walks its steps up to all the traffic.
         steps = {
@@ -166,6 +177,7 @@ def test_bad_canaries_are_rolled_back_and_a_good_one_promoted_with_no_failed_req
     served = {version for _, version in load.outcomes}
     assert served <= {"1", "2", "3", "4", "5"} and {"1", "5"} <= served
     assert {version for _, version in load.outcomes[promoted_from + 20 :]} == {"5"}
+    assert len(load.grpc_answers) >= 20 and {"1", "5"} <= set(load.grpc_answers)  # the gRPC door too
     print(f"rollback after routing set (s): {report}; requests: {len(load.outcomes)}, failed: {len(failed)}")
 
     # Released by an operator (here with the CLI), a rolled-back version may be routed again.

@@ -41,7 +41,8 @@ def _tables(tmp_path: Path, images: list[bytes], mean: float) -> tuple[pa.Table,
 def test_a_version_agrees_with_itself_and_not_with_broken_preprocessing(tmp_path: Path, digit_files) -> None:  # type: ignore[no-untyped-def]
     images = [path.read_bytes() for path, _ in digit_files[:30]]
     same, also_same = _tables(tmp_path / "a", images, 0.0)
-    assert compare(same, also_same) == PairCounts(compared=1, agreement=1.0, top1_equal=1, top5_overlap=1.0)
+    outcome = compare(same, also_same)
+    assert (outcome.compared, outcome.agreement, outcome.top1_equal, outcome.top5_overlap) == (1, 1.0, 1, 1.0)
     answer, broken = _tables(tmp_path / "b", images, 255.0)
     outcome = compare(answer.slice(0, 1), broken.slice(0, 1))
     assert outcome.compared == 1 and outcome.agreement in (0.0, 1.0)
@@ -57,6 +58,8 @@ def test_embeddings_are_compared_by_cosine_similarity() -> None:
     turned = pa.table({"embedding": pa.array([[0.0, 1.0], [0.6, 0.8]])})
     outcome = compare(answer, turned)
     assert outcome.embeddings == 1 and outcome.cosine == pytest.approx(0.5) and outcome.agreement == pytest.approx(0.5)
+    broken = pa.table({"embedding": pa.array([[float("nan"), 1.0], [0.6, 0.8]])})
+    assert compare(answer, broken).agreement == pytest.approx(0.5)  # a NaN vector agrees with nothing
 
 
 def test_the_queue_drops_what_does_not_fit_and_counts_failures() -> None:
@@ -71,7 +74,9 @@ def test_the_queue_drops_what_does_not_fit_and_counts_failures() -> None:
         return table
 
     async def main() -> list[bool]:
-        queue = ShadowQueue(score, lambda work, outcome: recorded.append(outcome), max_requests=2, max_bytes=100)
+        queue = ShadowQueue(
+            score, lambda work, outcome: recorded.append(outcome), max_requests=2, max_bytes=100, timeout_s=30
+        )
         ref = ModelRef(name="m", version="1")
 
         def work(data: bytes) -> ShadowWork:

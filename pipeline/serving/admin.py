@@ -77,7 +77,7 @@ class AdminRoutes:
         try:
             await self._control.retire.remote(ref)
         except ConfigError as exc:
-            raise HttpError(409, str(exc)) from None
+            raise HttpError(409, _refusal(exc)) from None
         await self._view.refresh(force=True)
         return JSONResponse({"model": name, "version": version, "state": "retired"})
 
@@ -110,7 +110,7 @@ class AdminRoutes:
         try:
             await self._control.release.remote(ref)
         except ConfigError as exc:
-            raise HttpError(409, str(exc)) from None
+            raise HttpError(409, _refusal(exc)) from None
         await self._view.refresh(force=True)
         return JSONResponse({"model": ref.name, "version": ref.version, "released": True})
 
@@ -133,6 +133,13 @@ class AdminRoutes:
         try:
             await self._control.set_routing.remote(name, policy)
         except ConfigError as exc:
-            raise HttpError(409, str(exc)) from None
+            raise HttpError(409, _refusal(exc)) from None
         await self._view.refresh(force=True)
         return JSONResponse({"model": name, "routing": self._snapshot.routing[name].model_dump(exclude_defaults=True)})
+
+
+def _refusal(exc: ConfigError) -> str:
+    """The control plane's own words: a refusal raised there reaches us wrapped in Ray's task error, whose text
+    carries the remote traceback."""
+    cause = getattr(exc, "cause", None)
+    return str(cause if isinstance(cause, Exception) else exc)

@@ -40,6 +40,7 @@ class Routed:
     counted: bool = False  # routed by a guarded or shadowed policy: its outcome is reported
     answered: ModelRef | None = None
     failed_over: bool = False
+    shed: bool = False  # refused for the app's load (full queues): no version's doing
     service_s: float | None = None  # the routed version's own time on it: preprocessing and inference, no waits
     images: list[bytes] = field(default_factory=list)  # what was scored, and the answer: for the shadow
     table: pa.Table | None = None
@@ -55,13 +56,21 @@ def plan(snapshot: ControlSnapshot, ref: ModelRef, chosen_by_policy: bool, rng: 
     policy = snapshot.routing.get(ref.name)
     if not chosen_by_policy or policy is None or not snapshot.observed(ref.name):
         return Routed(ref)
+
+    def usable(version: str, halted_too: bool) -> ModelRef | None:  # not one that failed or was retired
+        other = ref.at(version)
+        if not snapshot.state_of(other).routable or (other in snapshot.halted and not halted_too):
+            return None
+        return other
+
     stable = policy.stable_version() if policy.guard is not None else None
     if stable is not None and ref.version != stable and ref.version in policy.canaries():
-        stable_ref = ref.at(stable)
+        stable_ref = usable(stable, halted_too=False)  # answers clients: never a rolled-back version
         return Routed(ref, fallback=stable_ref, shadow=stable_ref, counted=True)
     shadow = policy.shadow
     if shadow is not None and shadow.version != ref.version and rng.random() < shadow.fraction:
-        return Routed(ref, shadow=ref.at(shadow.version), counted=True)
+        # A rolled-back canary may be watched in the shadow (it answers no one there).
+        return Routed(ref, shadow=usable(shadow.version, halted_too=True), counted=True)
     return Routed(ref, counted=True)
 
 
@@ -74,6 +83,7 @@ class CanaryTraffic:
     score: Callable[[ModelRef, list[bytes]], Awaitable[pa.Table]]  # the shadow's scoring
     max_shadow_requests: int
     max_shadow_bytes: int
+    shadow_timeout_s: float
     counts: TrafficCounts = field(default_factory=TrafficCounts)
     _shadows: ShadowQueue | None = None
     _reporter: asyncio.Task[None] | None = None
@@ -86,14 +96,18 @@ class CanaryTraffic:
         if not routed.counted:
             return
         self._start_reporting()
-        failed = routed.failed_over or status >= 500
+        failed = routed.failed_over or (status >= 500 and not routed.shed)
         if status < 400 or failed:
             own_s = routed.service_s if routed.service_s is not None else latency_s
             self.counts.version(routed.ref.name, str(routed.ref.version)).observe(own_s * 1e3, failed)
+        if routed.failed_over and routed.fallback is not None:  # no answer of its own: it agreed with nothing
+            self._record(ShadowWork(routed.ref, routed.fallback, [], pa.table({})), PairCounts(compared=1))
         shadow, served = routed.shadow, routed.served
         if shadow is not None and shadow != served and status < 400 and routed.table is not None:
             if self._shadows is None:
-                self._shadows = ShadowQueue(self.score, self._record, self.max_shadow_requests, self.max_shadow_bytes)
+                self._shadows = ShadowQueue(
+                    self.score, self._record, self.max_shadow_requests, self.max_shadow_bytes, self.shadow_timeout_s
+                )
             self._shadows.offer(ShadowWork(answered=served, shadow=shadow, images=routed.images, answer=routed.table))
 
     def _record(self, work: ShadowWork, outcome: PairCounts) -> None:

@@ -122,7 +122,8 @@ class ControlPlane:
         }
         if blocked:
             raise ConfigError(f"routing for {name!r} names versions that cannot take traffic: {blocked}")
-        for version in sorted(policy.versions()):
+        shadow = {policy.shadow.version} if policy.shadow else set()
+        for version in sorted(policy.named_versions() - shadow):  # routed to, or the stable version
             if (halt := self._snapshot.halted.get(ModelRef(name=name, version=version))) is not None:
                 raise ConfigError(
                     f"version {version} of {name!r} was rolled back by its guard at {_when(halt.at)}: {halt.reason}."
@@ -155,11 +156,15 @@ class ControlPlane:
             policy = routing.get(name)
             if policy is None or policy.guard is None:
                 continue
-            window = self._traffic.since(max(now - policy.guard.window_s, status.started_at)).of_model(name)
-            if not guard.enough(policy, window, name):  # a slow canary: judged on all it did since it started
-                window = self._traffic.since(status.started_at).of_model(name)
-            step = self._traffic.since(status.step_since or now).of_model(name)
-            decided = guard.review(name, policy, status, window, step, now)
+            try:
+                window = self._traffic.since(max(now - policy.guard.window_s, status.started_at), name)
+                if not guard.enough(policy, window, name):  # a slow canary: judged on all it did since it started
+                    window = self._traffic.since(status.started_at, name)
+                step = self._traffic.since(status.step_since or now, name)
+                decided = guard.review(name, policy, status, window, step, now)
+            except Exception:  # noqa: BLE001 - one model's guard failing must not stop the others'
+                logger.exception("reviewing the guard of %s failed", name)
+                continue
             if decided is None:
                 continue
             routing[name], guards[name] = decided.policy, decided.status
@@ -183,14 +188,15 @@ class ControlPlane:
                 "shadow": {f"{v} vs {s}": c.summary() for (_, v, s), c in sorted(counts.pairs.items())},
             }
 
-        recent = self._traffic.since(time.time() - window_s).of_model(name)
+        recent = self._traffic.since(time.time() - window_s, name)
         return {"window_s": window_s, "recent": summary(recent), "total": summary(self._traffic.total.of_model(name))}
 
     async def retire(self, ref: ModelRef) -> int:
         policy = self._snapshot.routing.get(ref.name)
-        if policy is not None and ref.version in policy.versions():
+        if policy is not None and ref.version in policy.named_versions():
             raise ConfigError(
-                f"routing for {ref.name!r} still sends traffic to version {ref.version!r}; change it first"
+                f"routing for {ref.name!r} still sends traffic to version {ref.version!r} (or scores it as its"
+                " shadow or stable version); change it first"
             )
         return self._update(states={**self._snapshot.states, ref: VersionState(state="retired")})
 

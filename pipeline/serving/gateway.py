@@ -78,7 +78,12 @@ class Gateway(AdminRoutes, HealthRoutes, GrpcMethods):
         self._view = ControlView(control, config.routing)
         self._shadow_decoder = ThreadPoolExecutor(1, thread_name_prefix="streamscore-shadow")
         self._canary = CanaryTraffic(
-            control, self._metrics, self._shadow_score, config.max_shadow_requests, config.max_shadow_bytes
+            control,
+            self._metrics,
+            self._shadow_score,
+            config.max_shadow_requests,
+            config.max_shadow_bytes,
+            config.request_timeout_s,
         )
         for model, policy in config.routing.items():  # a policy naming a missing version fails the deploy
             if missing := self._missing_versions(model, policy):
@@ -256,6 +261,7 @@ class Gateway(AdminRoutes, HealthRoutes, GrpcMethods):
         except TimeoutError:
             raise HttpError(504, f"not scored within {timeout:g} s") from None
         except BackPressureError:
+            routed.shed = True  # the app's load, not the version's doing
             raise HttpError(503, "the scoring queues are full; retry shortly", {"Retry-After": "1"}) from None
 
     async def _score_or_refuse(
@@ -278,10 +284,11 @@ class Gateway(AdminRoutes, HealthRoutes, GrpcMethods):
         pixels, errors = await loop.run_in_executor(self._shadow_decoder, self._poison.preprocess, stage, images, stop)
         if any(e is not None for e in errors):
             raise StreamScoreError("; ".join(str(e) for e in errors if e is not None))
+        # Never through the batches clients' requests share: a client would wait for the shadow's inference.
         if self._inline is not None:
             scored = await loop.run_in_executor(self._shadow_decoder, self._inline.score_now, ref, pixels)
         else:
-            scored = await self._scorer.score(ref, pixels)
+            scored = await self._scorer.score_alone(ref, pixels)
         if scored.error is not None:
             raise StreamScoreError(scored.error)
         return scored.table
@@ -320,10 +327,11 @@ class Gateway(AdminRoutes, HealthRoutes, GrpcMethods):
         """A request's work in one decoder thread: encoded images -> uint8 pixels ``(N, H, W, C)`` and a
         per-image error (or None); with inline scoring and no errors, also the scores (else None). Its time
         goes into ``spent``."""
+        stage = self._graphs.get(ref)[1]  # a first load is not the version's time on the request: not timed
         start = time.perf_counter()
         try:
             check_request_images(images, self._config)  # header parsing: CPU work, kept off the event loop
-            pixels, errors = self._poison.preprocess(self._graphs.get(ref)[1], images, stop)
+            pixels, errors = self._poison.preprocess(stage, images, stop)
             if self._inline is None or any(e is not None for e in errors) or stop.is_set():
                 return pixels, errors, None
             return pixels, errors, self._inline.score_now(ref, pixels)

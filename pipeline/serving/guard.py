@@ -107,11 +107,26 @@ def breach(guard: Guard, counts: TrafficCounts, model: str, stable: str, canary:
     pair = counts.pairs.get((model, canary, stable))
     if guard.min_agreement is not None and pair is not None and pair.compared >= guard.min_requests:
         agreement = pair.agreement / pair.compared
-        if agreement < guard.min_agreement:
+        if not agreement >= guard.min_agreement:  # NaN (a non-finite comparison) breaks the guard too
             return (
                 f"agreement with version {stable} {agreement:.1%} < {guard.min_agreement:.1%}"
                 f" over {pair.compared} requests"
             )
+    return None
+
+
+def evidence_missing(guard: Guard, counts: TrafficCounts, model: str, stable: str, canary: str) -> str | None:
+    """What ``counts`` lack to show that ``canary`` keeps every limit of ``guard`` (None: nothing): a step is
+    taken only on evidence, never because a limit could not be checked (shadow work dropped, say)."""
+    seen = counts.versions.get((model, canary))
+    if seen is None or seen.requests < guard.min_requests:
+        return f"{seen.requests if seen else 0} of {guard.min_requests} canary requests"
+    pair = counts.pairs.get((model, canary, stable))
+    if guard.min_agreement is not None and (pair is None or pair.compared < guard.min_requests):
+        return f"{pair.compared if pair else 0} of {guard.min_requests} comparisons with version {stable}"
+    base = counts.versions.get((model, stable))
+    if guard.max_p99_ratio is not None and (base is None or base.requests < guard.min_requests):
+        return f"{base.requests if base else 0} of {guard.min_requests} requests of version {stable} for the p99 ratio"
     return None
 
 
@@ -128,18 +143,20 @@ def review(
         reason = breach(guard, window, model, status.stable, canary)
         if reason is not None:
             event = GuardEvent(at=now, by="guard", action="rolled_back", version=canary, reason=reason)
+            rolled_back = policy.without(canary)
+            # Other canaries of the policy stay watched; the last one gone, the guard's work is done.
+            state = "watching" if rolled_back.canaries() else "rolled_back"
             return Review(
-                policy=policy.without(canary),
-                status=status.with_event(event, state="rolled_back", step=None, step_since=None),
+                policy=rolled_back,
+                status=status.with_event(event, state=state, step=None, step_since=None),
                 rolled_back=canary,
             )
     if status.step is None or status.step_since is None or now - status.step_since < policy.interval_s:
         return None
     (canary,) = policy.canaries()
-    taken = step.versions.get((model, canary))
-    if taken is None or taken.requests < guard.min_requests:
-        return None  # too little traffic to call this step good: wait
-    held = f"the guard held over {taken.requests} requests"
+    if evidence_missing(guard, step, model, status.stable, canary) is not None:
+        return None  # too little to call this step good: wait
+    held = f"the guard held over {step.versions[(model, canary)].requests} requests"
     following = status.step + 1
     if following == len(policy.steps) - 1:  # the last step is 100: promotion
         event = GuardEvent(at=now, by="guard", action="promoted", version=canary, reason=held)

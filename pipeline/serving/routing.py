@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class HeaderRule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     header: str
     equals: str
@@ -29,7 +29,7 @@ class HeaderRule(BaseModel):
 class Shadow(BaseModel):
     """Score ``fraction`` of a model's requests with ``version`` too, in the background; only compared."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     version: str
     fraction: float = Field(default=1.0, gt=0, le=1)
@@ -44,7 +44,7 @@ class Guard(BaseModel):
     version shares), in ms or as a ratio to the stable version's over the same window. ``min_requests`` must
     come within ``window_s``: a canary too slow for that is stopped by the request timeout instead."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     min_agreement: float | None = Field(default=None, ge=0, le=1)
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
@@ -69,7 +69,7 @@ class RoutingPolicy(BaseModel):
     holds; at 100 the canary is promoted (it takes all traffic).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     weights: dict[str, float] = Field(default_factory=dict)
     rules: list[HeaderRule] = Field(default_factory=list)
@@ -93,8 +93,8 @@ class RoutingPolicy(BaseModel):
                 raise ValueError("steps advance only while a guard holds: add a guard")
             if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)) or self.steps[0] <= 0:
                 raise ValueError(f"steps must rise from above 0: {self.steps}")
-            if self.steps[-1] != 100:
-                raise ValueError(f"steps must end at 100 (the canary promoted): {self.steps}")
+            if self.steps[-1] != 100 or len(self.steps) < 2:
+                raise ValueError(f"steps must end at 100 (the canary promoted), after one below it: {self.steps}")
             if len(self.canaries()) != 1:
                 raise ValueError(f"steps need weights naming the stable version and one canary: {self.weights}")
         return self
@@ -133,8 +133,8 @@ class RoutingPolicy(BaseModel):
     def without(self, version: str) -> RoutingPolicy:
         """This policy with ``version``'s traffic sent to the stable version: no weight, no rule, no steps."""
         stable = str(self.stable_version())
-        weights = {v: w for v, w in self.weights.items() if v != version} or {stable: 1.0}
-        if not any(w > 0 for w in weights.values()):
+        weights = {v: w for v, w in self.weights.items() if v != version}
+        if self.weights and not any(w > 0 for w in weights.values()):  # rules only: the default's traffic stays
             weights = {**weights, stable: 1.0}
         rules = [r for r in self.rules if r.version != version]
         return self.model_copy(update={"weights": weights, "rules": rules, "steps": [], "stable": stable})

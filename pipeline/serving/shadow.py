@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -47,7 +48,8 @@ def compare(answer: pa.Table, shadow: pa.Table) -> PairCounts:
         a = np.asarray(answer.column("embedding").to_pylist(), np.float64)
         b = np.asarray(shadow.column("embedding").to_pylist(), np.float64)
         norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        cosine = float(np.mean(np.einsum("ij,ij->i", a, b) / np.where(norms > 0, norms, 1.0)))
+        cosines = np.einsum("ij,ij->i", a, b) / np.where(norms > 0, norms, 1.0)
+        cosine = float(np.mean(np.where(np.isfinite(cosines), cosines, 0.0)))  # a non-finite vector agrees with none
         return PairCounts(compared=1, agreement=cosine, cosine=cosine, embeddings=1)
     equal = sum(
         x == y for x, y in zip(answer.column("label").to_pylist(), shadow.column("label").to_pylist(), strict=True)
@@ -69,11 +71,13 @@ class ShadowQueue:
         record: Callable[[ShadowWork, PairCounts], None],
         max_requests: int,
         max_bytes: int,
+        timeout_s: float,
     ) -> None:
         """``score``: the shadow version's table for the images (raises when it cannot); ``record``: what to
-        do with each outcome (a comparison, an error or a drop, as ``PairCounts``)."""
+        do with each outcome (a comparison, an error or a drop, as ``PairCounts``). Shadow work that takes
+        longer than ``timeout_s`` is given up and counted as a shadow error: it holds up no other."""
         self._score, self._record = score, record
-        self._max_requests, self._max_bytes = max_requests, max_bytes
+        self._max_requests, self._max_bytes, self._timeout_s = max_requests, max_bytes, timeout_s
         self._waiting: asyncio.Queue[ShadowWork] = asyncio.Queue()
         self._bytes = 0
         self._worker: asyncio.Task[None] | None = None
@@ -92,11 +96,14 @@ class ShadowQueue:
     async def _drain(self) -> None:
         while True:
             work = await self._waiting.get()
+            start = time.perf_counter()
             try:
-                table = await self._score(work.shadow, work.images)
+                async with asyncio.timeout(self._timeout_s):
+                    table = await self._score(work.shadow, work.images)
                 outcome = compare(work.answer, table)
+                outcome.shadow_latency.observe((time.perf_counter() - start) * 1e3, failed=False)
             except Exception as exc:  # noqa: BLE001 - any failure of the shadow is its own, counted, never raised
-                logger.info("shadow %s failed on a request %s answered: %s", work.shadow, work.answered, exc)
+                logger.info("shadow %s failed on a request %s answered: %r", work.shadow, work.answered, exc)
                 outcome = PairCounts(errors=1)
             finally:
                 self._bytes -= work.size_bytes

@@ -70,6 +70,7 @@ class PairCounts:
     embeddings: int = 0  # compared requests of an embedding model (the rest are a classifier's)
     errors: int = 0  # the shadow failed where the answer did not
     dropped: int = 0  # shadow work not done: its queue was full
+    shadow_latency: VersionCounts = field(default_factory=VersionCounts)  # the shadow version's own time
 
     def add(self, other: PairCounts) -> None:
         for name in (
@@ -83,6 +84,7 @@ class PairCounts:
             "dropped",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.shadow_latency.add(other.shadow_latency)
 
     def summary(self) -> dict[str, float | int | None]:
         n, classified = self.compared, self.compared - self.embeddings
@@ -91,6 +93,8 @@ class PairCounts:
             answer |= {"top1_agreement": self.top1_equal / classified, "top5_overlap": self.top5_overlap / classified}
         if self.embeddings:
             answer["cosine_similarity"] = self.cosine / self.embeddings
+        p99 = self.shadow_latency.p99_ms()
+        answer |= {"shadow_p99_ms": None if math.isnan(p99) else p99}
         return answer | {"shadow_errors": self.errors, "dropped": self.dropped}
 
 
@@ -141,11 +145,11 @@ class TrafficWindow:
         while self._reports and self._reports[0][0] < at - horizon_s:
             self._reports.popleft()
 
-    def since(self, start: float) -> TrafficCounts:
-        """The sum of the reports that arrived at ``start`` or later."""
+    def since(self, start: float, model: str | None = None) -> TrafficCounts:
+        """The sum of the reports that arrived at ``start`` or later (of ``model`` only, if given)."""
         summed = TrafficCounts()
         for at, counts in reversed(self._reports):
             if at < start:
                 break
-            summed.add(counts)
+            summed.add(counts.of_model(model) if model is not None else counts)
         return summed
