@@ -1,22 +1,29 @@
-"""The container image's sources, checked without building: the Dockerfile through hadolint, deploy/build-image.sh
-through bash and shellcheck, and what ties them to the repository (paths the Dockerfile copies, the build context's
-exclusions, the image name deploy/ uses, the Ray and CUDA packages cluster.yaml installs).
-
-The build itself takes minutes and a container toolchain; deploy/build-image.sh runs it and the image's demo.
+"""The container image: its sources checked without building (the Dockerfile through hadolint, deploy/build-image.sh
+through bash and shellcheck, and what ties them to the repository: paths the Dockerfile copies, the build context's
+exclusions, the image name deploy/ uses, the Ray and CUDA packages cluster.yaml installs), then a real build and run
+through deploy/build-image.sh, the script users run: the CPU image, its demo `score`, and `serve` answering.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
+import pwd
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tomllib
+import uuid
+from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.processes import free_port
 
 DOCKERFILE = REPO / "Dockerfile"
 SCRIPT = REPO / "deploy" / "build-image.sh"
@@ -147,3 +154,68 @@ def test_deploy_manifests_name_the_image_this_dockerfile_builds() -> None:
         assert images == {IMAGE}, f"{manifest.name}: {images}"
         assert "Dockerfile" in text and "FLAVOR=cuda" in text, f"{manifest.name} does not say how the image is built"
     assert f"localhost/streamscore:{VERSION}}}" in SCRIPT.read_text()
+
+
+# ---------------------------------------------------------------- the image, built and run
+# What the script needs, and why a machine cannot run it (None where it can).
+def cannot_build_images() -> str | None:
+    missing = [tool for tool in ("mmdebstrap", "buildah", "podman", "curl") if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (apt-get install mmdebstrap buildah podman curl)"
+    if os.geteuid() != 0:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        subuid = Path("/etc/subuid")
+        owners = {line.split(":")[0] for line in subuid.read_text().splitlines()} if subuid.exists() else set()
+        if not owners & {user, str(os.geteuid())}:
+            return f"not root, and /etc/subuid has no range for {user}: rootless podman and buildah need one"
+    return None
+
+
+CANNOT_BUILD_IMAGES = cannot_build_images()
+# The script's own deadlines (the build, SERVE_TIMEOUT_S) come first; a hang past this one fails the test.
+BUILD_AND_RUN_TIMEOUT_S = 900
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(BUILD_AND_RUN_TIMEOUT_S + 90)
+@pytest.mark.skipif(CANNOT_BUILD_IMAGES is not None, reason=str(CANNOT_BUILD_IMAGES))
+def test_the_image_builds_scores_and_serves(tmp_path: Path) -> None:
+    """deploy/build-image.sh, as a user runs it: the CPU image (built on the layers of the machine's last build, in
+    the script's default store: after a code change only the code layer is new), the demo `score` inside it, and
+    `serve` answering one request, then stopping with status 0 on SIGTERM. Its own tag (nothing of the user's is
+    replaced) and KEEP_IMAGE=0: the image goes afterwards, its layers stay for the next build."""
+    tag = f"localhost/streamscore-test:{uuid.uuid4().hex[:12]}"
+    env = {**os.environ, "TAG": tag, "FLAVOR": "cpu", "KEEP_IMAGE": "0", "PORT": str(free_port())}
+    for name in ("STATE", "FRESH", "REBUILD_BASE", "STORAGE_DRIVER"):  # the user's defaults, not a shell's leftovers
+        env.pop(name, None)
+    log = tmp_path / "build-image.log"
+    with log.open("w") as out:
+        # Its own session: on a timeout SIGTERM reaches the script and what it started (buildah, podman, curl),
+        # and the script's exit trap removes its containers and the image.
+        script = subprocess.Popen([str(SCRIPT)], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            status = script.wait(timeout=BUILD_AND_RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(script.pid, signal.SIGTERM)
+            script.wait(timeout=60)
+            pytest.fail(f"deploy/build-image.sh ran past {BUILD_AND_RUN_TIMEOUT_S} s:\n{log.read_text()[-6000:]}")
+    output = log.read_text()
+    assert status == 0, output[-6000:]
+
+    # The demo's rows: a prediction for each photo, and the broken JPEG's error on its own row.
+    assert re.search(r"^coffee\.jpg: espresso \(0\.9\d+\)", output, re.MULTILINE), output[-6000:]
+    assert re.search(r"^truncated\.jpg: error: truncated: ", output, re.MULTILINE), output[-6000:]
+    # The served answer and the V2 metadata (the version is the installed launcher's, pyproject's): each printed on
+    # the line after its curl command.
+    lines = output.splitlines()
+    answer, metadata = (json.loads(lines[i + 1]) for i, line in enumerate(lines) if line.startswith("curl "))
+    assert answer["predictions"][0]["label"] == "espresso", answer
+    assert metadata["name"] == "streamscore" and metadata["version"] == VERSION, metadata
+    assert "serve exited with 0 after SIGTERM" in output
+    # About 1.6 GB (the CPU flavour's Python environment is 1.3 GB): more says something big got in.
+    size = re.search(rf"^image: {re.escape(tag)} \(cpu\), [\d.]+ GB \((\d+) bytes\)$", output, re.MULTILINE)
+    assert size and 1.0e9 < int(size[1]) < 2.0e9, output[-2000:]
+    # KEEP_IMAGE=0 took the image away; the store's line says where to look.
+    [store] = re.findall(r"^storage: \w+, in \S+ \(podman (.+) images\)$", output, re.MULTILINE)
+    listed = subprocess.run(["podman", *shlex.split(store), "images", "--quiet", tag], capture_output=True, text=True)
+    assert listed.returncode == 0 and not listed.stdout.strip(), listed
