@@ -49,9 +49,10 @@ def build_app(config: ServeConfig) -> Any:
     routing = routing_with_defaults_pinned(config)
     warm = [ModelRef(name=name, version=v) for name, policy in routing.items() for v in sorted(policy.named_versions())]
     if len(warm) > config.max_cached_versions:
-        # Each replica must hold every routed (or shadow) version to be ready; fewer slots would evict one for another.
+        # Each replica must hold every routed version (shadow and stable versions count) to be ready; fewer slots
+        # would evict one for another.
         raise ConfigError(
-            f"the routing scores {len(warm)} versions ({', '.join(map(str, warm))}) but a replica holds "
+            f"the routing sends traffic to {len(warm)} versions ({', '.join(map(str, warm))}) but a replica holds "
             f"at most max_cached_versions={config.max_cached_versions}; raise it"
         )
     control = ControlPlane.bind(routing)  # type: ignore[attr-defined]
