@@ -218,7 +218,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--apps",
         default="streamscore,peer,peer_on_serve,peer_on_serve_bare",
-        help="--serving: the apps to run, streamscore and peer among them (default all five)",
+        help="--serving: the apps to run, streamscore and peer among them; APP@NAME=VALUE[+NAME=VALUE] runs a "
+        "Ray-based app with those environment variables added (benchmarks/serving_apps.py)",
+    )
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=120,
+        help="--serving: before each app starts, wait at most this long for other work on the machine to stop",
     )
     parser.add_argument("--run-scenario", help=argparse.SUPPRESS)  # internal: inside a scenario subprocess
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
@@ -260,11 +267,17 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.serving:
         from benchmarks.serving import serving_report, serving_table
+        from benchmarks.serving_apps import AppSpec
 
+        apps = tuple(args.apps.split(","))
+        try:  # before the batch run: a typo costs seconds, not minutes
+            [AppSpec.parse(app) for app in apps]
+        except ValueError as exc:
+            parser.error(str(exc))
         batch = run_scenario("streamscore", cfg, args.timeout_s)
         concurrencies = [int(c) for c in args.concurrency.split(",")]
-        apps = tuple(args.apps.split(","))
-        report = serving_report(cfg, concurrencies, args.seconds, max(1, args.rounds), batch, apps)
+        rounds = max(1, args.rounds)
+        report = serving_report(cfg, concurrencies, args.seconds, rounds, batch, apps, args.quiet_wait_s)
     else:
         report = run_benchmark(cfg, only, max(1, args.repeat), args.timeout_s)
         print(_table(report))

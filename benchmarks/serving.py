@@ -15,12 +15,20 @@ The apps below, on the same model and images, each started as its user starts it
 - ``streamscore_grpc``: ``streamscore serve --grpc-port``, driven over gRPC (V2 ``ModelInfer``, one image per
   call, grpc.aio with the open-inference stubs) instead of HTTP ``/predict``: what the other door costs.
 
+A Ray-based app may also run with settings of its own, ``streamscore@RAY_SERVE_HAPROXY_NBTHREAD=1`` (see
+``benchmarks/serving_apps.py``): one run then compares Ray's per-request settings side by side.
+
 A closed-loop load generator (aiohttp in this process; each of C clients posts its next JPEG when the last is
 answered) drives each app at every concurrency for ``seconds`` after a 2 s warm-up. Rounds interleave the
 apps (in order, then reversed, each app started afresh per round, the others stopped) and the report gives medians
 over rounds, latency histograms per concurrency (all rounds), and each app's p50 at concurrency 1 over its
-own code called in-process on one image (what HTTP and the framework add). Also, as before, requests/s at 64
-clients over the batch pipeline's images/s on the same images.
+own code called in-process on one image (what HTTP and the framework add; measured at the start of each round).
+Also, as before, requests/s at 64 clients over the batch pipeline's images/s on the same images.
+
+For every app and window, CPU-ms per request: the CPU time of the app's whole process tree over the window
+(``benchmarks/process_cpu.py``) over the requests it answered, by process too; the tree's CPU use over 3 s
+without load (Ray's fixed background); and the cores that other work on the machine kept busy meanwhile. Each
+app starts once the machine is quiet (or after ``quiet_wait_s``): this machine is shared.
 """
 
 from __future__ import annotations
@@ -39,8 +47,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks import process_cpu
+from benchmarks.serving_apps import BASE_APPS, AppSpec, apps_section, summarise_cpu
+
 REPO = Path(__file__).resolve().parent.parent
-APPS = ("streamscore", "peer", "peer_on_serve", "peer_on_serve_bare", "streamscore_grpc")
+APPS = BASE_APPS
+IDLE_S = 3.0  # each app's CPU use without load, measured once it is warm
 # Latency histogram bins: log-spaced from 1 ms to 10 s.
 EDGES_MS = [round(10 ** (i / 20), 3) for i in range(0, 81)]
 
@@ -165,11 +177,13 @@ def _grpc_port(port: int) -> int:
     return port + 1  # beside the HTTP port; _free_port leaves it free
 
 
-def _command(app: str, cfg: dict[str, Any], port: int) -> tuple[list[str], dict[str, str]]:
-    env = dict(os.environ)
-    if app.startswith("streamscore"):
-        cli = Path(sys.executable).with_name("streamscore")
-        command = [str(cli), "serve", "--models-dir", cfg["models_dir"], "--port", str(port)]
+def _command(spec: AppSpec, cfg: dict[str, Any], port: int) -> tuple[list[str], dict[str, str]]:
+    # This checkout's code in the app and in Ray's workers, whichever checkout pip's editable install names.
+    env = dict(os.environ) | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env |= dict(spec.env)
+    app = spec.base
+    if app.startswith("streamscore"):  # the `streamscore` command's own entry point
+        command = [sys.executable, "-m", "jobs.cli", "serve", "--models-dir", cfg["models_dir"], "--port", str(port)]
         return [*command, *(["--grpc-port", str(_grpc_port(port))] if app == "streamscore_grpc" else [])], env
     if app.startswith("peer_on_serve"):
         command = [sys.executable, "-m", "benchmarks.serving_peer_on_serve", "--model-dir", cfg["model_dir"]]
@@ -186,9 +200,13 @@ def _url(app: str, cfg: dict[str, Any], port: int) -> str:
 
 
 @contextlib.contextmanager
-def _running(app: str, cfg: dict[str, Any], port: int, log: Path, warm_up: list[bytes]) -> Iterator[str]:
-    """Start ``app`` as its user would, wait until it answers a scoring request, yield its URL, stop it."""
-    command, env = _command(app, cfg, port)
+def _running(
+    spec: AppSpec, cfg: dict[str, Any], port: int, log: Path, warm_up: list[bytes]
+) -> Iterator[tuple[str, int]]:
+    """Start the app as its user would, wait until it answers a scoring request, yield its URL and process id,
+    stop it."""
+    command, env = _command(spec, cfg, port)
+    app = spec.base
     url = _url(app, cfg, port)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -209,7 +227,7 @@ def _running(app: str, cfg: dict[str, Any], port: int, log: Path, warm_up: list[
             urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60).read()
         if app == "streamscore_grpc":  # ready over HTTP; measured over gRPC
             url = f"grpc://127.0.0.1:{_grpc_port(port)}/{cfg['model']}/{cfg['version']}"
-        yield url
+        yield url, process.pid
     finally:
         process.send_signal(signal.SIGINT)  # both shut down cleanly on Ctrl-C
         try:
@@ -242,40 +260,57 @@ def serving_report(
     rounds: int,
     batch: dict[str, Any] | None,
     apps: tuple[str, ...] = APPS,
+    quiet_wait_s: float = 120.0,
 ) -> dict[str, Any]:
     """Every app of ``apps`` (streamscore and the peer among them) at every concurrency, ``rounds`` interleaved
     rounds; medians, histograms, overheads. Fewer apps make shorter rounds, so more of them fit in the time
-    the machine stays steady."""
-    if not {"streamscore", "peer"} <= set(apps) <= set(APPS):
-        raise ValueError(f"apps must include streamscore and peer, from {APPS}; got {apps}")
+    the machine stays steady. Each app starts once the machine has been quiet for a second, or after
+    ``quiet_wait_s``."""
+    specs = [AppSpec.parse(app) for app in apps]
+    names = [spec.name for spec in specs]
+    if not {"streamscore", "peer"} <= set(names) or len(set(names)) < len(names):
+        raise ValueError(f"apps must include streamscore and peer, each app once, from {APPS}; got {apps}")
     images = [Path(p).read_bytes() for p in cfg["images"]]
-    baseline = in_process(cfg, images, rounds=200)
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {app: {c: [] for c in concurrencies} for app in apps}
+    floors: list[dict[str, dict[str, Any]]] = []  # in-process, each round, measured when the machine is quiet
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {app: {c: [] for c in concurrencies} for app in names}
+    idle: dict[str, list[float]] = {app: [] for app in names}
     log_dir = REPO / "bench" / "logs"
     for r in range(rounds):
-        for app in apps if r % 2 == 0 else apps[::-1]:
-            with _running(app, cfg, _free_port(), log_dir / f"serving-{app}.log", images[:8]) as url:
+        process_cpu.wait_for_quiet(max_wait_s=quiet_wait_s)
+        floors.append(in_process(cfg, images, rounds=200))
+        for spec in specs if r % 2 == 0 else specs[::-1]:
+            app = spec.name
+            quiet = process_cpu.wait_for_quiet(max_wait_s=quiet_wait_s)
+            load_1m = os.getloadavg()[0]  # other work on the machine: kept beside each figure
+            log = log_dir / f"serving-{spec.file_stem}.log"
+            with _running(spec, cfg, _free_port(), log, images[:8]) as (url, pid):
+                idle[app].append(process_cpu.idle_cores(pid, IDLE_S))
                 for c in concurrencies:
                     asyncio.run(_load(url, images, c, 2.0))  # warm-up at this concurrency, not counted
-                    result = asyncio.run(_load(url, images, c, seconds))
+                    result = process_cpu.measured(pid, lambda c=c: asyncio.run(_load(url, images, c, seconds)))
+                    result |= {"load_avg_1m_before": load_1m} | quiet
                     runs[app][c].append(result)
                     print(
-                        f"round {r + 1} {app:>11} c={c:<3} {result['requests_per_s']:6.1f} req/s "
-                        f"p50 {result['p50_ms']:6.1f} ms",
+                        f"round {r + 1} {app} c={c:<3} {result['requests_per_s']:6.1f} req/s "
+                        f"p50 {result['p50_ms']:6.1f} ms, {result['cpu_ms_per_request']:5.1f} CPU-ms/request "
+                        f"(other work {result['other_cores']:.2f} cores, load {load_1m:.2f})",
                         file=sys.stderr,
                         flush=True,
                     )
     summary = []
     for c in concurrencies:
         row: dict[str, Any] = {"concurrency": c}
-        for app in apps:
+        for app in names:
             rounds_of = runs[app][c]
             row[f"{app}_requests_per_s"] = statistics.median(x["requests_per_s"] for x in rounds_of)
             for p in ("p50_ms", "p95_ms", "p99_ms"):
                 row[f"{app}_{p}"] = statistics.median(x[p] for x in rounds_of)
             row[f"{app}_failures"] = sum(sum(x["failures"].values()) for x in rounds_of)
+            row |= {f"{app}_{key}": value for key, value in summarise_cpu(rounds_of).items()}
         row["requests_per_s_vs_peer"] = row["streamscore_requests_per_s"] / row["peer_requests_per_s"]
         summary.append(row)
+    baseline = {app: {k: statistics.median(f[app][k] for f in floors) for k in floors[0][app]} for app in floors[0]}
+    baseline |= {spec.name: baseline[spec.base] for spec in specs}  # a variant runs its base app's code
     by_concurrency = {row["concurrency"]: row for row in summary}
     report: dict[str, Any] = {
         "kind": "serving",
@@ -284,8 +319,10 @@ def serving_report(
         "cpu_count": os.cpu_count(),
         "rounds": rounds,
         "seconds": seconds,
+        "apps": names,
         "in_process": baseline,
         "summary": summary,
+        "idle_cpu_cores": {app: statistics.median(values) for app, values in idle.items()},
         "runs": {app: {str(c): v for c, v in per.items()} for app, per in runs.items()},
         "histogram_edges_ms": EDGES_MS,
         "histograms": {
@@ -295,7 +332,7 @@ def serving_report(
     }
     if 1 in by_concurrency:  # the issue's target: <= 3 ms at concurrency 1
         report["p50_overhead_ms_at_concurrency_1"] = {
-            app: by_concurrency[1][f"{app}_p50_ms"] - baseline[app]["p50_ms"] for app in apps
+            app: by_concurrency[1][f"{app}_p50_ms"] - baseline[app]["p50_ms"] for app in names
         }
     if batch and 64 in by_concurrency:
         report["batch_pipeline_images_per_s"] = batch.get("images_per_s")
@@ -356,6 +393,7 @@ def serving_table(report: dict[str, Any]) -> str:
             + ", ".join(f"{ratio:.2f} ({basis})" for basis, ratio in ratios.items())
             + "."
         )
+    lines += apps_section(report)
     if command := report.get("command"):
         lines += ["", f"Command: `{command}`"]
     return "\n".join(lines)
