@@ -16,34 +16,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from common.errors import ConfigError, HttpError, StreamScoreError
-from pipeline.models.ref import ModelRef
-from pipeline.models.repository import ModelRepository
 from pipeline.serving.auth import BearerAuth
-from pipeline.serving.control import ControlSnapshot, ControlView, VersionState
+from pipeline.serving.control import VersionState
+from pipeline.serving.gateway_state import GatewayState
 from pipeline.serving.http_body import BodyReader
 from pipeline.serving.metrics import GatewayMetrics
 from pipeline.serving.routing import RoutingPolicy
-from pipeline.serving.scorer import GraphCache, ScorerClient
 
 
-class AdminRoutes:
-    """Mixed into the ``Gateway`` deployment, whose state these handlers use (declared here for the reader)."""
+class AdminRoutes(GatewayState):
+    """Mixed into the ``Gateway`` deployment, whose state these handlers use (declared here and in
+    ``gateway_state.py``, for the reader)."""
 
     _auth: BearerAuth
     _bodies: BodyReader
     _control: Any  # the ControlPlane deployment's handle
-    _graphs: GraphCache
     _metrics: GatewayMetrics
-    _repository: ModelRepository
-    _scorer: ScorerClient
-    _view: ControlView
-
-    @property
-    def _snapshot(self) -> ControlSnapshot:
-        return self._view.snapshot
-
-    def _resolve(self, name: str, version: str | None) -> ModelRef:
-        raise NotImplementedError  # the gateway's
 
     def _missing_versions(self, name: str, policy: RoutingPolicy) -> list[str]:
         raise NotImplementedError  # the gateway's

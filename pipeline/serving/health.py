@@ -18,35 +18,21 @@ from starlette.responses import JSONResponse
 
 from common.errors import StreamScoreError
 from pipeline.models.ref import ModelRef
-from pipeline.models.repository import ModelRepository
 from pipeline.serving import v2
 from pipeline.serving.canary import Routed
-from pipeline.serving.config import ServeConfig
-from pipeline.serving.control import ControlSnapshot, ControlView
+from pipeline.serving.gateway_state import GatewayState
 from pipeline.serving.routes import version_of
 from pipeline.serving.routing import RoutingPolicy
-from pipeline.serving.scorer import GraphCache, ScorerClient
 
 logger = logging.getLogger(__name__)
 
 
-class HealthRoutes:
-    """Mixed into the ``Gateway`` deployment, whose state these handlers use (declared here for the reader)."""
+class HealthRoutes(GatewayState):
+    """Mixed into the ``Gateway`` deployment, whose state these handlers use (declared here and in
+    ``gateway_state.py``, for the reader)."""
 
-    _config: ServeConfig
-    _graphs: GraphCache
     _loading: set[ModelRef]
-    _repository: ModelRepository
-    _scorer: ScorerClient
     _tasks: set[asyncio.Task[None]]
-    _view: ControlView
-
-    @property
-    def _snapshot(self) -> ControlSnapshot:
-        return self._view.snapshot
-
-    def _resolve(self, name: str, version: str | None) -> ModelRef:
-        raise NotImplementedError  # the gateway's
 
     async def _route(self, name: str, version: str | None, headers: Mapping[str, str]) -> Routed:
         raise NotImplementedError  # the gateway's
