@@ -49,30 +49,11 @@ from typing import Any
 
 from benchmarks import process_cpu
 from benchmarks.serving_apps import BASE_APPS, AppSpec, apps_section, summarise_cpu
+from benchmarks.serving_load import EDGES_MS, load, percentiles
 
 REPO = Path(__file__).resolve().parent.parent
 APPS = BASE_APPS
 IDLE_S = 3.0  # each app's CPU use without load, measured once it is warm
-# Latency histogram bins: log-spaced from 1 ms to 10 s.
-EDGES_MS = [round(10 ** (i / 20), 3) for i in range(0, 81)]
-
-
-def _percentiles(latencies_s: list[float]) -> dict[str, float]:
-    ordered = sorted(latencies_s) or [float("nan")]
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3
-
-    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99)}
-
-
-def _histogram(latencies_s: list[float]) -> list[int]:
-    import bisect
-
-    counts = [0] * (len(EDGES_MS) - 1)
-    for latency in latencies_s:
-        counts[min(len(counts) - 1, max(0, bisect.bisect_right(EDGES_MS, latency * 1e3) - 1))] += 1
-    return counts
 
 
 def in_process(cfg: dict[str, Any], images: list[bytes], rounds: int) -> dict[str, dict[str, Any]]:
@@ -93,84 +74,10 @@ def in_process(cfg: dict[str, Any], images: list[bytes], rounds: int) -> dict[st
             start = time.perf_counter()
             call(images[i % len(images)])
             latencies.append(time.perf_counter() - start)
-        result[app] = {"requests": rounds, **_percentiles(latencies)}
+        result[app] = {"requests": rounds, **percentiles(latencies)}
     result["peer_on_serve"] = result["peer_on_serve_bare"] = result["peer"]  # the same function
     result["streamscore_grpc"] = result["streamscore"]
     return result
-
-
-async def _load(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
-    if url.startswith("grpc://"):
-        return await _load_grpc(url, images, concurrency, seconds)
-    import aiohttp
-
-    latencies: list[float] = []
-    failures: dict[int, int] = {}
-    deadline = time.perf_counter() + seconds
-
-    async def client(session: aiohttp.ClientSession, offset: int) -> None:
-        i = offset
-        while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            async with session.post(url, data=images[i % len(images)]) as response:
-                await response.read()
-                if response.status == 200:
-                    latencies.append(time.perf_counter() - start)
-                else:
-                    failures[response.status] = failures.get(response.status, 0) + 1
-            i += concurrency
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
-        start = time.perf_counter()
-        await asyncio.gather(*(client(session, k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return _result(concurrency, latencies, failures, elapsed)
-
-
-async def _load_grpc(url: str, images: list[bytes], concurrency: int, seconds: float) -> dict[str, Any]:
-    """``_load`` over gRPC: ``grpc://HOST:PORT/MODEL/VERSION``, one channel, C clients each awaiting its call."""
-    import grpc
-    from open_inference.grpc import protocol as pb
-    from open_inference.grpc.service import GRPCInferenceServiceStub
-
-    target, model, version = url.removeprefix("grpc://").split("/")
-    latencies: list[float] = []
-    failures: dict[int, int] = {}
-    deadline = time.perf_counter() + seconds
-
-    async def client(stub: GRPCInferenceServiceStub, offset: int) -> None:
-        i = offset
-        while time.perf_counter() < deadline:
-            contents = pb.InferTensorContents(bytes_contents=[images[i % len(images)]])
-            tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1], contents=contents)
-            request = pb.ModelInferRequest(model_name=model, model_version=version, inputs=[tensor])
-            start = time.perf_counter()
-            try:
-                await stub.ModelInfer(request, timeout=120)
-                latencies.append(time.perf_counter() - start)
-            except grpc.aio.AioRpcError as error:
-                code = error.code().value[0]
-                failures[code] = failures.get(code, 0) + 1
-            i += concurrency
-
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = GRPCInferenceServiceStub(channel)
-        start = time.perf_counter()
-        await asyncio.gather(*(client(stub, k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return _result(concurrency, latencies, failures, elapsed)  # failures by gRPC status code number
-
-
-def _result(concurrency: int, latencies: list[float], failures: dict[int, int], elapsed: float) -> dict[str, Any]:
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "failures": failures,
-        "requests_per_s": len(latencies) / elapsed,
-        **_percentiles(latencies),
-        "histogram": _histogram(latencies),
-    }
 
 
 def _grpc_port(port: int) -> int:
@@ -237,6 +144,19 @@ def _running(
             process.wait()
 
 
+def _start(stack: contextlib.ExitStack, spec: AppSpec, cfg: dict[str, Any], log: Path, warm_up: list[bytes]) -> Any:
+    """``_running`` on a free port, entered on ``stack``; on a start that fails (HAProxy found the port taken by
+    another process between our check and its bind, on this shared machine), twice more on other ports."""
+    for attempt in range(3):
+        try:
+            return stack.enter_context(_running(spec, cfg, _free_port(), log, warm_up))
+        except (RuntimeError, OSError) as exc:  # OSError: urllib's errors during the warm-up
+            if attempt == 2:
+                raise
+            print(f"{spec.name} did not start ({exc}); again on another port", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
 def _free_port() -> int:
     """A free port whose next one is free too (streamscore_grpc's gRPC port)."""
     import socket
@@ -283,11 +203,12 @@ def serving_report(
             quiet = process_cpu.wait_for_quiet(max_wait_s=quiet_wait_s)
             load_1m = os.getloadavg()[0]  # other work on the machine: kept beside each figure
             log = log_dir / f"serving-{spec.file_stem}.log"
-            with _running(spec, cfg, _free_port(), log, images[:8]) as (url, pid):
+            with contextlib.ExitStack() as stack:
+                url, pid = _start(stack, spec, cfg, log, images[:8])
                 idle[app].append(process_cpu.idle_cores(pid, IDLE_S))
                 for c in concurrencies:
-                    asyncio.run(_load(url, images, c, 2.0))  # warm-up at this concurrency, not counted
-                    result = process_cpu.measured(pid, lambda c=c: asyncio.run(_load(url, images, c, seconds)))
+                    asyncio.run(load(url, images, c, 2.0))  # warm-up at this concurrency, not counted
+                    result = process_cpu.measured(pid, lambda c=c, url=url: asyncio.run(load(url, images, c, seconds)))
                     result |= {"load_avg_1m_before": load_1m} | quiet
                     runs[app][c].append(result)
                     print(

@@ -102,21 +102,52 @@ def summarise_cpu(runs_of: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+QUIET_CORES = 0.1  # a window in which other work kept less busy than this counts as quiet
+
+
 def apps_section(report: dict[str, Any]) -> list[str]:
-    """The lines ``serving_table`` ends with: every app's row, and where its CPU went at the most clients."""
+    """The lines ``serving_table`` ends with: every app's row, where its CPU went at the most clients, and the
+    same rows over the quiet windows alone when other work ran during some."""
     if "apps" not in report:  # reports from before CPU-ms and variants were measured have neither
         return []
     busiest = max(row["concurrency"] for row in report["summary"])
     intro = "Every app of the run (medians over rounds; CPU-ms: the app's whole process tree):"
-    return ["", intro, "", apps_table(report), "", cpu_table(report, busiest)]
+    lines = ["", intro, "", apps_table(report), "", cpu_table(report, busiest)]
+    windows = [x for per in report["runs"].values() for runs in per.values() for x in runs]
+    if any(x.get("other_cores", 0.0) >= QUIET_CORES for x in windows):
+        lines += ["", f"The same over the windows in which other work kept under {QUIET_CORES} cores busy:", ""]
+        lines.append(apps_table(quiet_report(report)))
+    return lines
+
+
+def quiet_report(report: dict[str, Any], max_other_cores: float = QUIET_CORES) -> dict[str, Any]:
+    """``report`` with its medians taken over the windows in which other work on the machine kept fewer than
+    ``max_other_cores`` busy (a shared machine's quiet minutes); an app with no such window shows none."""
+    summary = []
+    for row in report["summary"]:
+        c, quiet = row["concurrency"], {"concurrency": row["concurrency"]}
+        for app in report["apps"]:
+            windows = [x for x in report["runs"][app][str(c)] if x.get("other_cores", 1e9) < max_other_cores]
+            if windows:
+                quiet[f"{app}_requests_per_s"] = statistics.median(x["requests_per_s"] for x in windows)
+                quiet[f"{app}_p50_ms"] = statistics.median(x["p50_ms"] for x in windows)
+                quiet[f"{app}_failures"] = sum(sum(x["failures"].values()) for x in windows)
+                quiet |= {f"{app}_{key}": value for key, value in summarise_cpu(windows).items()}
+        summary.append(quiet)
+    at_1 = next((row for row in summary if row["concurrency"] == 1), {})
+    overhead = {
+        app: at_1[f"{app}_p50_ms"] - report["in_process"][app]["p50_ms"]
+        for app in report["apps"]
+        if f"{app}_p50_ms" in at_1
+    }
+    return report | {"summary": summary, "p50_overhead_ms_at_concurrency_1": overhead}
 
 
 def apps_table(report: dict[str, Any]) -> str:
     """Markdown: one row per app of the run: requests/s per concurrency (x the peer's), p50 at one client (and
     over the app's own code in-process), CPU-ms per request per concurrency (also less the idle background), the
-    app's CPU use when idle, and the
-    cores other work on the machine kept busy meanwhile (the most over concurrencies of the medians over rounds:
-    neither the app nor the load generator)."""
+    app's CPU use when idle, and the cores other work on the machine kept busy meanwhile (neither the app nor the
+    load generator: the most over concurrencies of the medians over rounds)."""
     rows = report["summary"]
     apps = report.get("apps") or [a for a in BASE_APPS if f"{a}_requests_per_s" in rows[0]]
     concurrencies = [row["concurrency"] for row in rows]
@@ -134,10 +165,10 @@ def apps_table(report: dict[str, Any]) -> str:
         spec = AppSpec.parse(app)
         rates = []
         for row in rows:
-            rate = row.get(f"{app}_requests_per_s")
-            rates.append(f"{rate:.1f} ({rate / row['peer_requests_per_s']:.2f})" if rate is not None else "-")
+            rate, peer = row.get(f"{app}_requests_per_s"), row.get("peer_requests_per_s")
+            rates.append(_number(rate) + (f" ({rate / peer:.2f})" if rate is not None and peer else ""))
         at_1 = next((row for row in rows if row["concurrency"] == 1), None)
-        p50 = f"{at_1[f'{app}_p50_ms']:.1f} ({overhead[app]:+.1f})" if at_1 and app in overhead else "-"
+        p50 = f"{at_1[f'{app}_p50_ms']:.1f} ({overhead[app]:+.1f})" if at_1 and f"{app}_p50_ms" in at_1 else "-"
         cpu = " / ".join(_number(row.get(f"{app}_cpu_ms_per_request")) for row in rows)
         net = " / ".join(_number(_net_of_idle(row, app, idle.get(app))) for row in rows)
         failures = sum(row.get(f"{app}_failures", 0) for row in rows)
