@@ -40,6 +40,14 @@ FAST_INGRESS = {
     # scrapes every 10-15 s; at 1 s the app's idle CPU went from 27 % to 21 % of a core on 2 cores.
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
 }
+# Measured side by side and left at Ray's values (docs/benchmarks/serving-knobs-efficientnet-lite0.md): each
+# moved CPU-ms per request by less than the spread between rounds (about 0.5 ms of 17-20). The throughput-
+# optimized mode already runs user code on the replica's event loop (RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD
+# =0) and buffers request-path logs (RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE=1000); our methods are all async, so
+# RAY_SERVE_RUN_SYNC_IN_THREADPOOL never applies; HAProxy spends 0.2-0.3 CPU-ms a request whatever its
+# RAY_SERVE_HAPROXY_NBTHREAD (1, 2 or 4) or its access-log target; without Serve's disconnect watcher (a header
+# set by an ASGI middleware) requests cost the same. RAY_worker_niceness=0 (Ray runs workers at nice 15) changed
+# nothing on a quiet machine; it only wins CPU from other work on a shared one.
 
 
 # Room for a gRPC message's envelope around the images' bytes.
