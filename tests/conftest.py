@@ -109,10 +109,13 @@ def served_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def server(
+    ray_cluster, served_repository: Path, topology: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app over ``served_repository`` in one layout, with two gateway replicas (so every answer about the
     whole app must hold whichever replica gives it) and the routing of ``tests.serving.ROUTING``; HTTP at the
-    URL it yields, and V2 over gRPC too (``grpc_target``)."""
+    URL it yields, and V2 over gRPC too (``grpc_target``). Its control plane keeps its state in a file of its
+    own (each layout's app is another app)."""
     from ray import serve
 
     from jobs.ingress import free_app_port
@@ -132,6 +135,7 @@ def server(ray_cluster, served_repository: Path, topology: str) -> Iterator[str]
         scorer_cpus=0.25,
         routing=ROUTING,
         admin_token=ADMIN_TOKEN,
+        control_state_uri=str(tmp_path_factory.mktemp(f"control-{topology}") / "state.json"),
         preprocess_autoscaling={"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
     )
     deploy(config, "127.0.0.1", port, grpc_port)

@@ -1,11 +1,14 @@
 """Guarded canaries and shadows on the session's app under load: three bad canaries (one answers wrongly, one
 fails on some inputs, one is slow) are each rolled back by the app itself with no failed request, over HTTP and
-gRPC alike; a healthy one is promoted through its steps; a shadow version is compared and never answers."""
+gRPC alike; the control plane, SIGKILLed, comes back with the halts it had decided; a healthy canary is then
+promoted through its steps; a shadow version is compared and never answers."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -157,7 +160,19 @@ def test_bad_canaries_are_rolled_back_and_a_good_one_promoted_with_no_failed_req
             assert status == 409 and refused["error"].startswith(f"version {canary} of"), refused
             assert "release it first" in refused["error"].lower() and "Traceback" not in refused["error"], refused
 
-        # A healthy canary walks its steps up to all the traffic.
+        # The control plane dies (SIGKILL, as the out-of-memory killer would): gateways answer on, Serve starts
+        # another, and it restores the halts and the routing from its state file.
+        old, killed_at = _control_plane_pid(), time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: _control_plane_pid() not in (None, old), 90, 0.5)
+        report["control plane back after (s)"] = time.monotonic() - killed_at
+        body = _admin(server, "GET", routing)[1]  # read from the new control plane
+        assert set(body["halted"]) == {"2", "3", "4"} and body["routing"]["weights"] == {"1": 70.0}, body
+        assert body["guard"]["events"][-1]["action"] == "rolled_back", body["guard"]
+        status, refused = _admin(server, "PUT", routing, {"weights": {"1": 50, "3": 50}})
+        assert status == 409 and "release it first" in refused["error"].lower(), refused
+
+        # A healthy canary walks its steps up to all the traffic (judged by the new control plane).
         steps = {
             "weights": {"1": 90, "5": 10},
             "guard": GUARD | {"min_requests": 10},
@@ -178,7 +193,7 @@ def test_bad_canaries_are_rolled_back_and_a_good_one_promoted_with_no_failed_req
     assert served <= {"1", "2", "3", "4", "5"} and {"1", "5"} <= served
     assert {version for _, version in load.outcomes[promoted_from + 20 :]} == {"5"}
     assert len(load.grpc_answers) >= 20 and {"1", "5"} <= set(load.grpc_answers)  # the gRPC door too
-    print(f"rollback after routing set (s): {report}; requests: {len(load.outcomes)}, failed: {len(failed)}")
+    print(f"rollback after routing set, and restart (s): {report}; requests: {len(load.outcomes)}, failed: {len(failed)}")
 
     # Released by an operator (here with the CLI), a rolled-back version may be routed again.
     from jobs.cli import main
@@ -189,6 +204,19 @@ def test_bad_canaries_are_rolled_back_and_a_good_one_promoted_with_no_failed_req
     text = urllib_text(f"{server}/metrics")
     assert f'streamscore_guard_rollbacks_total{{model="{guarded_model}",version="3"}} 1.0' in text
     assert f'streamscore_guard_halted{{model="{guarded_model}",version="4"}} 1.0' in text
+
+
+def _control_plane_pid() -> int | None:
+    """The process of the app's live control plane replica, from Ray's actor table (GCS)."""
+    from ray._private.state import actors  # the public state API needs the dashboard, off in tests
+
+    alive = [
+        a["Pid"]
+        for a in actors().values()
+        if a["ActorClassName"] == "ServeReplica:streamscore:ControlPlane" and a["State"] == "ALIVE" and a["Pid"]
+    ]
+    assert len(alive) <= 1, alive
+    return alive[0] if alive else None
 
 
 def urllib_text(url: str) -> str:

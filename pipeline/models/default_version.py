@@ -5,22 +5,20 @@ Serve score (and nightly would re-score everything). So the repository keeps one
 ``<root>/<name>/_default.json``, set only by ``streamscore models promote`` or by ``add``/``quantize --promote``.
 The file's name starts with ``_``, which no version may (``check_id``), so it is never listed as one.
 
-The pointer is written atomically on local filesystems (a temporary file renamed over it: a reader sees the
-old pointer or the new one, never half of either) and on object stores (a single ``PUT`` is atomic by itself,
-and they have no rename); elsewhere by a rename (``write_default`` says how).
+The pointer is replaced atomically (``common.atomic_write``): a reader sees the old pointer or the new one,
+never half of either.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import uuid
 
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from common.atomic_write import discard, replace_file, staging_path
 from common.errors import ModelLoadError
 from common.filesystems import join
 from pipeline.models.ref import check_id
@@ -52,18 +50,6 @@ def read_default(fs: pafs.FileSystem, model_folder: str) -> str | None:
     return check_id("version", pointer.version)
 
 
-_OBJECT_STORES = {"s3", "s3a", "gcs", "gs", "abfs", "abfss", "az", "adl"}
-
-
-def _is_object_store(fs: pafs.FileSystem) -> bool:
-    """Whether a single ``PUT`` replaces a file atomically here (and there is no rename to use instead)."""
-    if isinstance(fs, pafs.PyFileSystem):  # fsspec's filesystem behind pyarrow's interface
-        protocol = getattr(getattr(fs.handler, "fs", None), "protocol", ())
-        protocols = {protocol} if isinstance(protocol, str) else set(protocol)
-        return bool(protocols & _OBJECT_STORES)
-    return fs.type_name in _OBJECT_STORES
-
-
 def write_default(fs: pafs.FileSystem, model_folder: str, version: str, replace: bool = True) -> bool:
     """Point ``model_folder``'s default at ``version``; with ``replace=False`` only where no default exists
     yet (so a pointer ``models promote`` wrote meanwhile is never overwritten). Returns whether it wrote.
@@ -77,35 +63,22 @@ def write_default(fs: pafs.FileSystem, model_folder: str, version: str, replace:
     pointer = DefaultVersion(version=check_id("version", version), promoted_at=dt.datetime.now(dt.UTC))
     data = (json.dumps(pointer.model_dump(mode="json"), indent=2) + "\n").encode("utf-8")
     path = join(model_folder, DEFAULT_FILE)
-    exists = fs.get_file_info(path).type != pafs.FileType.NotFound
-    if _is_object_store(fs):
-        if exists and not replace:
-            return False
-        with fs.open_output_stream(path) as stream:
-            stream.write(data)
+    if replace:
+        replace_file(fs, path, data)
         return True
-    staging = join(model_folder, f".{DEFAULT_FILE}.{uuid.uuid4().hex}")
-    try:
-        with fs.open_output_stream(staging) as stream:
-            stream.write(data)
-        if isinstance(fs, pafs.LocalFileSystem):
-            if not replace:
-                try:
-                    os.link(staging, path)  # fails if a pointer exists, however recent
-                except FileExistsError:
-                    return False
-                return True
-            fs.move(staging, path)  # rename(2): atomic, and it replaces the old pointer
-            return True
-        if exists and not replace:
-            return False
+    if isinstance(fs, pafs.LocalFileSystem):
+        staging = staging_path(path)
         try:
-            fs.move(staging, path)
-        except OSError:  # a filesystem whose rename will not replace a file
-            fs.delete_file(path)
-            fs.move(staging, path)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError, OSError):
-            if fs.get_file_info(staging).type != pafs.FileType.NotFound:
-                fs.delete_file(staging)
+            with fs.open_output_stream(staging) as stream:
+                stream.write(data)
+            try:
+                os.link(staging, path)  # fails if a pointer exists, however recent
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            discard(fs, staging)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return False
+    replace_file(fs, path, data)
+    return True

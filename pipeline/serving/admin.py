@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 
 from common.errors import ConfigError, HttpError, StreamScoreError
 from pipeline.serving.auth import BearerAuth
-from pipeline.serving.control import VersionState
+from pipeline.serving.control_store import VersionState
 from pipeline.serving.gateway_state import GatewayState
 from pipeline.serving.http_body import BodyReader
 from pipeline.serving.metrics import GatewayMetrics

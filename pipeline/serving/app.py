@@ -11,6 +11,7 @@ plane (routing, version states) and the metrics hub. Graphs are built from the s
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from ray import serve
@@ -55,7 +56,8 @@ def build_app(config: ServeConfig) -> Any:
             f"the routing sends traffic to {len(warm)} versions ({', '.join(map(str, warm))}) but a replica holds "
             f"at most max_cached_versions={config.max_cached_versions}; raise it"
         )
-    control = ControlPlane.bind(routing)  # type: ignore[attr-defined]
+    # One id per deploy: a control plane that Serve restarts gets the same and restores all it had saved.
+    control = ControlPlane.bind(routing, config.control_state_uri, uuid.uuid4().hex)  # type: ignore[attr-defined]
     hub = MetricsHub.bind()  # type: ignore[attr-defined]
     logging = {"logging_config": {"enable_access_log": config.access_log}}
     gateway = Gateway.options(**limits, **logging, **scaling(config.preprocess_autoscaling, config.replicas))  # type: ignore[attr-defined]

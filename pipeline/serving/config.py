@@ -81,6 +81,10 @@ class ServeConfig(BaseModel):
     # fails a client and holds at most this many encoded bytes.
     max_shadow_requests: int = Field(default=16, ge=1)
     max_shadow_bytes: int = Field(default=32_000_000, ge=1)
+    # Where the control plane keeps its decisions (routing set through the admin API, guards, halts): a file
+    # on any filesystem pyarrow reads, one per app. They then outlive its replica, and a guard's halt outlives
+    # a new deploy (pipeline/serving/control_store.py). None: in the replica's memory only.
+    control_state_uri: str | None = None
     # Admin API bearer token. None: the admin API answers 403.
     admin_token: str | None = None
     # Serve's access log line per request, from every gateway replica. Off by default: the app's own

@@ -8,8 +8,9 @@ is not routable is refused, so a bad version never takes traffic and the previou
 
 The control plane also runs the guards (``guard.py``): gateways report what they saw of guarded and shadowed
 models (``report``), and after each report every watched canary is reviewed over its window. A rolled-back
-canary is ``halted``: routing may not name it again until an operator releases it. Guard state lives here only,
-so every gateway replica follows the same decision and a gateway's restart loses none of it.
+canary is ``halted``: routing may not name it again until an operator releases it. Guard state lives here, not in
+gateways, so every gateway replica follows the same decision and a gateway's restart loses none of it; with
+``control_state_uri`` it is saved after each change and outlives this replica too (``control_store.py``).
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.exceptions import RayError
 
 from common.errors import ConfigError
 from pipeline.models.ref import ModelRef
 from pipeline.serving import guard
-from pipeline.serving.guard import GuardEvent, GuardStatus
+from pipeline.serving.control_store import ControlState, ControlStore, SavedControl, VersionState, restore
+from pipeline.serving.guard import GuardEvent
 from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.traffic import TrafficCounts, TrafficWindow
 
@@ -36,36 +37,21 @@ logger = logging.getLogger(__name__)
 # A waiting ``changed_since`` call is answered after this long even when nothing changed: how soon a gateway
 # notices that its call was lost (the control plane replaced) and makes another.
 WATCH_TIMEOUT_S = 10.0
-
-
-class VersionState(BaseModel):
-    """What the admin API last decided about a version; a version with no state is ``ready``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    state: Literal["ready", "failed", "retired"] = "ready"
-    error: str | None = None
-
-    @property
-    def routable(self) -> bool:
-        return self.state == "ready"
+STALE_READ_WAIT_S = 1.0
 
 
 READY = VersionState()
 
 
-class ControlSnapshot(BaseModel):
+class ControlSnapshot(ControlState):
     """The control plane's state at one revision, as gateways cache it."""
-
-    model_config = ConfigDict(frozen=True)
 
     epoch: str = ""  # the control plane replica that made it: revisions count from 0 again in a new one
     revision: int = 0
-    routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
-    states: dict[ModelRef, VersionState] = Field(default_factory=dict)
-    guards: dict[str, GuardStatus] = Field(default_factory=dict)  # per guarded model
-    halted: dict[ModelRef, GuardEvent] = Field(default_factory=dict)  # canaries rolled back, until released
-    rollbacks: dict[ModelRef, int] = Field(default_factory=dict)  # guard rollbacks since this replica began
+
+    def decided(self) -> ControlState:
+        """This snapshot less its revision: what is saved."""
+        return ControlState(**{k: getattr(self, k) for k in ControlState.model_fields})
 
     def observed(self, name: str) -> bool:
         """Whether gateways count ``name``'s traffic for the control plane (it has a guard or a shadow)."""
@@ -88,14 +74,22 @@ class ControlSnapshot(BaseModel):
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
 class ControlPlane:
     # Methods are coroutines so that they all run on the replica's event loop, where the event lives.
-    def __init__(self, routing: dict[str, RoutingPolicy]) -> None:
-        now = time.time()
-        started = {name: guard.start(policy, now) for name, policy in routing.items() if policy.guard}
-        self._snapshot = ControlSnapshot(
-            epoch=uuid.uuid4().hex,
-            routing={**routing, **{name: policy for name, (policy, _) in started.items()}},
-            guards={name: status for name, (_, status) in started.items()},
-        )
+    def __init__(
+        self, routing: dict[str, RoutingPolicy], state_uri: str | None = None, deploy_id: str | None = None
+    ) -> None:
+        """``routing``: as the app was deployed. With ``state_uri`` the state is saved there after each change
+        and restored from it when Serve restarts this replica, or the app is deployed again
+        (``control_store``'s rules; ``deploy_id`` tells the two apart)."""
+        self._store = ControlStore(state_uri) if state_uri else None
+        self._deploy_id = deploy_id or uuid.uuid4().hex
+        saved = self._store.load() if self._store is not None else None
+        state = restore(routing, self._deploy_id, saved, time.time())
+        self._snapshot = ControlSnapshot(epoch=uuid.uuid4().hex, **dict(state))
+        if self._store is not None:  # a store that cannot be written fails the deploy, not a later rollback
+            self._store.save(SavedControl.of(state, self._deploy_id))
+            logger.info("control plane state in %s (%s)", state_uri, "restored" if saved else "new")
+        self._saved_revision = 0
+        self._saving = asyncio.Lock()
         self._changed = asyncio.Event()  # set, then replaced, at each change
         self._traffic = TrafficWindow()
 
@@ -111,7 +105,7 @@ class ControlPlane:
         return self._snapshot
 
     async def set_state(self, ref: ModelRef, state: VersionState) -> int:
-        return self._update(states={**self._snapshot.states, ref: state})
+        return await self._update(states={**self._snapshot.states, ref: state})
 
     async def set_routing(self, name: str, policy: RoutingPolicy) -> int:
         named = policy.versions() | ({policy.shadow.version} if policy.shadow else set())
@@ -132,7 +126,7 @@ class ControlPlane:
         guards = {k: v for k, v in self._snapshot.guards.items() if k != name}
         if policy.guard is not None:
             policy, guards[name] = guard.start(policy)
-        return self._update(routing={**self._snapshot.routing, name: policy}, guards=guards)
+        return await self._update(routing={**self._snapshot.routing, name: policy}, guards=guards)
 
     async def release(self, ref: ModelRef) -> int:
         """An operator's word that a rolled-back version may be routed again (it takes no traffic until then)."""
@@ -143,7 +137,7 @@ class ControlPlane:
         if ref.name in guards:
             event = GuardEvent(at=time.time(), by="operator", action="released", version=str(ref.version), reason="")
             guards[ref.name] = guards[ref.name].with_event(event)
-        return self._update(halted=halted, guards=guards)
+        return await self._update(halted=halted, guards=guards)
 
     async def report(self, counts: TrafficCounts) -> None:
         """What a gateway counted since its last report; then every watched canary is reviewed."""
@@ -176,7 +170,7 @@ class ControlPlane:
             else:
                 logger.info("guard %s version %s of %s: %s", event.action, event.version, name, event.reason)
         if guards != self._snapshot.guards:
-            self._update(routing=routing, guards=guards, halted=halted, rollbacks=rollbacks)
+            await self._update(routing=routing, guards=guards, halted=halted, rollbacks=rollbacks)
 
     async def traffic(self, name: str, window_s: float = 60.0) -> dict[str, Any]:
         """What the gateways reported of ``name``: the last ``window_s`` and everything since this replica began,
@@ -198,13 +192,34 @@ class ControlPlane:
                 f"routing for {ref.name!r} still sends traffic to version {ref.version!r} (or scores it as its"
                 " shadow or stable version); change it first"
             )
-        return self._update(states={**self._snapshot.states, ref: VersionState(state="retired")})
+        return await self._update(states={**self._snapshot.states, ref: VersionState(state="retired")})
 
-    def _update(self, **changes: object) -> int:
+    async def _update(self, **changes: object) -> int:
+        """Take the change, wake every waiting ``changed_since``, and save the state before answering."""
         self._snapshot = self._snapshot.model_copy(update={**changes, "revision": self._snapshot.revision + 1})
-        self._changed.set()  # wakes every waiting changed_since
+        self._changed.set()
         self._changed = asyncio.Event()
-        return self._snapshot.revision
+        revision = self._snapshot.revision
+        await self._save()
+        return revision
+
+    async def _save(self) -> None:
+        """Write the newest state unless a later call already did. A failed write is logged and tried again at
+        the next change: the decision holds in memory meanwhile (gateways follow it), it only would not outlive
+        this replica."""
+        if self._store is None:
+            return
+        async with self._saving:
+            snapshot = self._snapshot
+            if snapshot.revision <= self._saved_revision:
+                return
+            saved = SavedControl.of(snapshot.decided(), self._deploy_id)
+            try:
+                await asyncio.to_thread(self._store.save, saved)
+            except Exception:  # noqa: BLE001 - any store error (network, permissions) must not undo the decision
+                logger.exception("saving the control plane's state to %s failed", self._store.uri)
+                return
+            self._saved_revision = snapshot.revision
 
 
 def _when(at: float) -> str:
@@ -219,20 +234,31 @@ class ControlView:
         self.snapshot = ControlSnapshot(routing=dict(routing))
         self._answered_at = 0.0  # when the control plane last answered
         self._fetch: asyncio.Future[None] | None = None  # the one read in flight, shared by requests
+        self._fetch_since = 0.0
         self._follower: asyncio.Task[None] | None = None
 
     async def refresh(self, force: bool = False) -> None:
         """Make sure ``snapshot`` is current. The waiting call (started here, on the replica's loop) keeps it
         so; it is read afresh with ``force`` (after this replica's own admin calls), at the first request, and
-        should the waiting call have gone quiet (requests that find it so share one read)."""
+        should the waiting call have gone quiet (requests that find it so share one read). A control plane
+        being replaced holds requests up at most ``STALE_READ_WAIT_S`` in all: they are routed as before (only a
+        replica's first request, which has nothing else to go by, waits for the answer)."""
         if self._follower is None:
             self._follower = asyncio.get_running_loop().create_task(self._follow())
         if force:
             await self._read()
         elif time.monotonic() - self._answered_at > WATCH_TIMEOUT_S + 5:
             if self._fetch is None or self._fetch.done():
-                self._fetch = asyncio.ensure_future(self._read())
-            await asyncio.shield(self._fetch)  # a request given up does not cancel the others' read
+                self._fetch, self._fetch_since = asyncio.ensure_future(self._read()), time.monotonic()
+            first = self._answered_at == 0.0
+            left = max(
+                0.0, STALE_READ_WAIT_S - (time.monotonic() - self._fetch_since)
+            )  # the read's, not each request's
+            try:  # shielded: a request given up does not cancel the others' read
+                await asyncio.wait_for(asyncio.shield(self._fetch), None if first else left)
+            except (TimeoutError, RayError):
+                if first:
+                    raise
 
     async def _read(self) -> None:
         self.snapshot = await self._control.snapshot.remote()

@@ -1,0 +1,150 @@
+"""The control plane's decisions kept in a file, so that they outlive its replica (``control_state_uri``).
+
+Serve restarts a control plane whose process died, and a cluster may lose the node it ran on; without this
+file the new replica would start from the config, routing traffic again to a canary its guard had rolled back.
+Two rules decide what a new replica takes from the file:
+
+- **The same deploy** (Serve restarted the replica; the app was not deployed again): everything, as it was
+  last saved: routing set through the admin API, guards where they had got to (their step, their events), the
+  versions' states, halts and rollback counts. Traffic counts start again (the guard waits for its
+  ``min_requests`` anew).
+- **A new deploy** (``streamscore serve`` again, ``serve deploy``, KubeRay redeploying): the config's routing,
+  as a deploy is an operator's statement of it, but **halts carry over**: only ``admin release`` lifts one, so a
+  config naming a rolled-back version sends its traffic to the stable version (logged) until an operator
+  releases it. Rollback counts carry over too.
+
+The file is JSON, replaced atomically after each change (``common.atomic_write``), on any filesystem pyarrow
+or fsspec reads (a local path, ``s3://``, ``gs://``...). One file per app: two apps sharing one would take each
+other's halts for their own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from common.atomic_write import replace_file
+from common.filesystems import resolve
+from pipeline.models.ref import ModelRef
+from pipeline.serving import guard
+from pipeline.serving.guard import GuardEvent, GuardStatus
+from pipeline.serving.routing import RoutingPolicy
+
+logger = logging.getLogger(__name__)
+
+
+class VersionState(BaseModel):
+    """What the admin API last decided about a version; a version with no state is ``ready``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state: Literal["ready", "failed", "retired"] = "ready"
+    error: str | None = None
+
+    @property
+    def routable(self) -> bool:
+        return self.state == "ready"
+
+
+class ControlState(BaseModel):
+    """The part of the control plane's state that is decided, not counted: what is saved and restored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    routing: dict[str, RoutingPolicy] = Field(default_factory=dict)
+    states: dict[ModelRef, VersionState] = Field(default_factory=dict)
+    guards: dict[str, GuardStatus] = Field(default_factory=dict)  # per guarded model
+    halted: dict[ModelRef, GuardEvent] = Field(default_factory=dict)  # canaries rolled back, until released
+    rollbacks: dict[ModelRef, int] = Field(default_factory=dict)  # guard rollbacks, per version
+
+
+class SavedControl(BaseModel):
+    """The file's content. Maps keyed by a version are lists of pairs: JSON keys can only be strings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal[1] = 1
+    deploy_id: str  # the deploy that wrote it (``build_app`` makes one per deploy)
+    saved_at: float
+    routing: dict[str, RoutingPolicy]
+    states: list[tuple[ModelRef, VersionState]]
+    guards: dict[str, GuardStatus]
+    halted: list[tuple[ModelRef, GuardEvent]]
+    rollbacks: list[tuple[ModelRef, int]]
+
+    @classmethod
+    def of(cls, state: ControlState, deploy_id: str) -> SavedControl:
+        return cls(
+            deploy_id=deploy_id,
+            saved_at=time.time(),
+            routing=state.routing,
+            states=list(state.states.items()),
+            guards=state.guards,
+            halted=list(state.halted.items()),
+            rollbacks=list(state.rollbacks.items()),
+        )
+
+    def state(self) -> ControlState:
+        return ControlState(
+            routing=self.routing,
+            states=dict(self.states),
+            guards=self.guards,
+            halted=dict(self.halted),
+            rollbacks=dict(self.rollbacks),
+        )
+
+
+class ControlStore:
+    """Reads and replaces one app's state file."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._fs, self._path = resolve(uri)
+
+    def load(self) -> SavedControl | None:
+        """The saved state; None where there is none yet, or it cannot be read as one (logged: the app starts
+        from its config rather than not at all). Errors reaching the store itself are raised."""
+        try:
+            with self._fs.open_input_stream(self._path) as stream:
+                text = stream.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return None
+        try:
+            return SavedControl.model_validate(json.loads(text))
+        except (ValidationError, json.JSONDecodeError) as exc:
+            logger.error("the control plane's state in %s is unreadable, starting from the config: %s", self.uri, exc)
+            return None
+
+    def save(self, saved: SavedControl) -> None:
+        parent = self._path.rsplit("/", 1)[0]
+        if parent:
+            self._fs.create_dir(parent, recursive=True)
+        replace_file(self._fs, self._path, (saved.model_dump_json(indent=1) + "\n").encode("utf-8"))
+
+
+def restore(deployed: dict[str, RoutingPolicy], deploy_id: str, saved: SavedControl | None, now: float) -> ControlState:
+    """The state a control plane starts with, for the routing it was deployed with (see the module's rules)."""
+    if saved is not None and saved.deploy_id == deploy_id:
+        return saved.state()
+    halted = saved.state().halted if saved is not None else {}
+    routing: dict[str, RoutingPolicy] = {}
+    guards: dict[str, GuardStatus] = {}
+    for name, policy in deployed.items():
+        for ref, event in halted.items():
+            if ref.name == name and ref.version in policy.canaries():
+                logger.warning(
+                    "the config routes to version %s of %s, which its guard rolled back (%s); its traffic goes to"
+                    " the stable version until: streamscore admin release %s %s",
+                    ref.version, name, event.reason, name, ref.version,
+                )  # fmt: skip
+                policy = policy.without(str(ref.version))
+        if policy.guard is not None:
+            policy, guards[name] = guard.start(policy, now)
+        routing[name] = policy
+    return ControlState(
+        routing=routing, guards=guards, halted=halted, rollbacks=saved.state().rollbacks if saved else {}
+    )
