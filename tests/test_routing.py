@@ -7,7 +7,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from pipeline.serving.routing import RoutingPolicy
+from common.errors import ConfigError
+from pipeline.serving.routing import RoutingPolicy, check_fits_cache, scored_versions
 
 
 def test_weights_must_be_non_negative_and_not_all_zero() -> None:
@@ -40,3 +41,15 @@ def test_sticky_key_keeps_one_version_and_still_splits_users() -> None:
     assert all(len(versions) == 1 for versions in per_user.values())
     share = sum(versions == {"1"} for versions in per_user.values()) / len(per_user)
     assert abs(share - 0.5) < 0.1  # 4 standard deviations of a binomial(400, 0.5)
+
+
+def test_the_versions_a_replica_scores_count_shadow_and_stable_ones() -> None:
+    guarded = RoutingPolicy.model_validate(
+        {"weights": {"1": 100}, "rules": [{"header": "X-Beta", "equals": "1", "version": "2"}],
+         "guard": {"min_agreement": 0.9}, "shadow": {"version": "3", "fraction": 0.1}}
+    )  # fmt: skip
+    routing = {"m": guarded, "n": RoutingPolicy(weights={"1": 0, "2": 100})}
+    assert [str(ref) for ref in scored_versions(routing)] == ["m:1", "m:2", "m:3", "n:2"]
+    check_fits_cache(routing, 4)
+    with pytest.raises(ConfigError, match=r"sends traffic to 4 versions \(m:1, m:2, m:3, n:2\) .*=3; raise it"):
+        check_fits_cache(routing, 3)

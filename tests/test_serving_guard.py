@@ -131,6 +131,10 @@ def test_bad_canaries_are_rolled_back_and_a_good_one_promoted_with_no_failed_req
     images = [path.read_bytes() for path, _ in digit_files[:60]]
     routing = f"/admin/models/{guarded_model}/routing"
     wait_for(lambda: request_json(f"{server}/predict/{guarded_model}", images[0])[0] == 200, 30, 0.2)
+    # Routing that would have a replica score more versions than it holds at once is refused, as at deploy (4
+    # here and at least one version of each of the 3 other models: 7, over the session app's 6).
+    status, refused = _admin(server, "PUT", routing, {"weights": {"1": 40, "2": 20, "3": 20, "5": 20}})
+    assert status == 409 and "max_cached_versions=6" in refused["error"], refused
     report = {}
     with Load(server, grpc_target, guarded_model, images) as load:
         for canary, why in (("2", "agreement"), ("3", "error rate"), ("4", "p99")):
@@ -193,7 +197,9 @@ def test_bad_canaries_are_rolled_back_and_a_good_one_promoted_with_no_failed_req
     assert served <= {"1", "2", "3", "4", "5"} and {"1", "5"} <= served
     assert {version for _, version in load.outcomes[promoted_from + 20 :]} == {"5"}
     assert len(load.grpc_answers) >= 20 and {"1", "5"} <= set(load.grpc_answers)  # the gRPC door too
-    print(f"rollback after routing set, and restart (s): {report}; requests: {len(load.outcomes)}, failed: {len(failed)}")
+    print(
+        f"rollback after routing set, and restart (s): {report}; requests: {len(load.outcomes)}, failed: {len(failed)}"
+    )
 
     # Released by an operator (here with the CLI), a rolled-back version may be routed again.
     from jobs.cli import main

@@ -17,14 +17,13 @@ from typing import Any
 from ray import serve
 
 from common.errors import ConfigError, StreamScoreError
-from pipeline.models.ref import ModelRef
 from pipeline.models.repository import ModelRepository
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import ControlPlane
 from pipeline.serving.gateway import Gateway
 from pipeline.serving.grpc_v2 import SERVICER
 from pipeline.serving.metrics import MetricsHub
-from pipeline.serving.routing import RoutingPolicy
+from pipeline.serving.routing import RoutingPolicy, check_fits_cache, scored_versions
 from pipeline.serving.scorer import Scorer
 
 logger = logging.getLogger(__name__)
@@ -48,14 +47,8 @@ def build_app(config: ServeConfig) -> Any:
         "backpressure_config": BackpressureConfig(status_code=503, retry_after_s=1),
     }
     routing = routing_with_defaults_pinned(config)
-    warm = [ModelRef(name=name, version=v) for name, policy in routing.items() for v in sorted(policy.named_versions())]
-    if len(warm) > config.max_cached_versions:
-        # Each replica must hold every routed version (shadow and stable versions count) to be ready; fewer slots
-        # would evict one for another.
-        raise ConfigError(
-            f"the routing sends traffic to {len(warm)} versions ({', '.join(map(str, warm))}) but a replica holds "
-            f"at most max_cached_versions={config.max_cached_versions}; raise it"
-        )
+    check_fits_cache(routing, config.max_cached_versions)  # shadow and stable versions count
+    warm = scored_versions(routing)
     # One id per deploy: a control plane that Serve restarts gets the same and restores all it had saved.
     control = ControlPlane.bind(routing, config.control_state_uri, uuid.uuid4().hex)  # type: ignore[attr-defined]
     hub = MetricsHub.bind()  # type: ignore[attr-defined]

@@ -94,13 +94,13 @@ class HealthRoutes(GatewayState):
         return body | ({"error": state.error} if state.error else {})
 
     def _routed(self) -> list[ModelRef]:
-        """Every version some routing policy can send traffic to (a model without one, added after the deploy
-        pinned the others: its default version)."""
+        """Every version some routing policy scores: routed, shadow and stable versions (a model without one,
+        added after the deploy pinned the others: its default version)."""
         refs = []
         for name in self._repository.names():
             policy = self._snapshot.routing.get(name, RoutingPolicy())
             try:
-                versions = sorted(policy.versions()) or [self._repository.resolve_version(name, None)]
+                versions = sorted(policy.named_versions()) or [self._repository.resolve_version(name, None)]
             except StreamScoreError as exc:  # no default (several named versions), or a damaged pointer
                 logger.warning("model %s takes no traffic without a version: %s", name, exc)
                 continue  # served only where a request names its version: not the app's readiness to hold up

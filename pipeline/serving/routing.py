@@ -17,6 +17,9 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common.errors import ConfigError
+from pipeline.models.ref import ModelRef
+
 
 class HeaderRule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -157,6 +160,23 @@ class RoutingPolicy(BaseModel):
             if point < cumulative:
                 return version
         return candidates[-1][0]
+
+
+def scored_versions(routing: Mapping[str, RoutingPolicy]) -> list[ModelRef]:
+    """Every version the routing has a replica score (routed, shadow and stable versions): what each replica
+    loads before it is ready."""
+    return [ModelRef(name=name, version=v) for name, policy in routing.items() for v in sorted(policy.named_versions())]
+
+
+def check_fits_cache(routing: Mapping[str, RoutingPolicy], max_cached_versions: int) -> None:
+    """Refuse routing whose versions a replica cannot hold at once: they would evict one another, each
+    request of one reloading it."""
+    scored = scored_versions(routing)
+    if len(scored) > max_cached_versions:
+        raise ConfigError(
+            f"the routing sends traffic to {len(scored)} versions ({', '.join(map(str, scored))}) but a replica "
+            f"holds at most max_cached_versions={max_cached_versions}; raise it"
+        )
 
 
 def _unit_hash(key: str) -> float:
