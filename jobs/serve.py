@@ -67,13 +67,16 @@ def _read_settings(path: str) -> dict[str, Any]:
 def serve_config(values: dict[str, Any]) -> Any:
     """``ServeConfig`` from ``values`` plus what the environment says: the admin token
     (``STREAMSCORE_ADMIN_TOKEN`` wins over ``admin_token``) and, when ``models_dir`` is not given, the models
-    folder found as every command finds it. A local models folder is made absolute: replicas run elsewhere."""
+    folder found as every command finds it. Local paths (the models folder, the control plane's state file) are
+    made absolute: replicas run elsewhere."""
     from pipeline.models.repository import MODELS_DIR_ENV, find_models_dir
     from pipeline.serving.config import ServeConfig
 
     values = dict(values)
     models_dir = values.get("models_dir") or find_models_dir(None, os.environ.get(MODELS_DIR_ENV), Path.cwd())
     values["models_dir"] = models_dir if "://" in models_dir else os.path.abspath(models_dir)
+    if (state := values.get("control_state_uri")) and "://" not in state:
+        values["control_state_uri"] = os.path.abspath(state)
     if os.environ.get(ADMIN_TOKEN_ENV):
         values["admin_token"] = os.environ[ADMIN_TOKEN_ENV]
     try:

@@ -45,3 +45,18 @@ def test_a_waiting_call_is_answered_when_the_state_changes_and_not_before() -> N
         assert {a.routing["m"].weights["3"] for a in answers} == {50}
 
     asyncio.run(scenario())
+
+
+def test_routing_a_replica_could_not_hold_at_once_is_refused() -> None:
+    async def scenario() -> None:
+        # Room for three versions: m's 1 and n's 1 leave one slot, which m's canary may take and a shadow not.
+        deployed = {"m": RoutingPolicy(weights={"1": 100}), "n": RoutingPolicy(weights={"1": 100})}
+        plane = ControlPlane.func_or_class(deployed)
+        await plane.set_routing("m", RoutingPolicy(weights={"1": 90, "2": 10}), 3, {"m", "n"})
+        with pytest.raises(ConfigError, match=r"sends traffic to 4 versions .*m:3.* max_cached_versions=3"):
+            await plane.set_routing("m", RoutingPolicy(weights={"1": 90, "2": 10}, shadow={"version": "3"}), 3)
+        assert (await plane.snapshot()).routing["m"].weights == {"1": 90.0, "2": 10.0}  # the previous routing stays
+        # A model no longer in the repository holds no slot.
+        await plane.set_routing("m", RoutingPolicy(weights={"1": 90, "2": 10}, shadow={"version": "3"}), 3, {"m"})
+
+    asyncio.run(scenario())

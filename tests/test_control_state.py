@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
 from pipeline.models.ref import ModelRef
+from pipeline.serving import control
 from pipeline.serving.control import ControlPlane
-from pipeline.serving.control_store import ControlStore, VersionState
+from pipeline.serving.control_store import ControlStore, VersionState, check_deployable
 from pipeline.serving.routing import RoutingPolicy
 from tests.test_guard import GUARD, MODEL, traffic
 
@@ -90,27 +92,64 @@ def test_the_file_is_whole_after_every_change_and_nothing_is_left_beside_it(tmp_
     asyncio.run(scenario())
 
 
-def test_an_unreadable_file_starts_the_app_from_its_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"format": 1, "deploy_id": "a", "routing": {"m": {"weights"',  # cut short
+        '{"format": 1, "deploy_id": "a", "saved_at": 0, "routing": {}, "states": [[{"name": "../x"}, {}]],'
+        ' "guards": {}, "halted": [], "rollbacks": []}',  # a version id that is not one
+        '{"format": 2, "deploy_id": "a", "saved_at": 0}',  # from another StreamScore
+    ],
+)
+def test_an_unreadable_file_is_kept_aside_and_the_app_starts_from_its_config(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str
+) -> None:
     state = tmp_path / "state.json"
-    state.write_text('{"format": 1, "deploy_id": "a", "routing": {"m": {"weights": {"1": "lots"}}}')
+    state.write_text(text)
     with caplog.at_level(logging.ERROR):
         snapshot = asyncio.run(plane(state, "a").snapshot())
     assert snapshot.routing == DEPLOYED
     assert "unreadable" in caplog.text and str(state) in caplog.text
-    assert ControlStore(str(state)).load() is not None  # and the file was replaced by a good one
+    [aside] = tmp_path.glob("state.json.unreadable-*")
+    assert aside.read_text() == text  # for a person to look at
+    assert ControlStore(str(state)).load() is not None  # and a good file took its place
 
 
-def test_a_store_that_fails_later_keeps_the_decision_in_memory(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_halt_the_config_cannot_keep_to_refuses_the_deploy(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        await rolled_back(tmp_path / "state.json")
+        halted_stable = {**DEPLOYED, MODEL: RoutingPolicy(weights={"1": 10, "2": 90})}
+        with pytest.raises(ConfigError, match=r"version\(s\) 2, rolled back by its guard .* admin release m 2"):
+            check_deployable(halted_stable, str(tmp_path / "state.json"))  # what build_app runs before deploying
+        with pytest.raises(ConfigError, match="rolled back by its guard"):
+            plane(tmp_path / "state.json", "b", halted_stable)
+        # Without a guard the halt holds all the same.
+        unguarded = {**DEPLOYED, MODEL: RoutingPolicy(weights={"1": 80, "2": 20})}
+        check_deployable(unguarded, str(tmp_path / "state.json"))
+        snapshot = await plane(tmp_path / "state.json", "c", unguarded).snapshot()
+        assert snapshot.routing[MODEL].weights == {"1": 80.0}
+
+    asyncio.run(scenario())
+
+
+def test_a_store_that_fails_keeps_the_decision_in_memory_and_saves_it_once_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(control, "SAVE_RETRY_S", 0.2)  # instead of 5 s
+
     async def scenario() -> None:
         folder = tmp_path / "store"
-        control = plane(folder / "state.json", "a")
+        plane_ = plane(folder / "state.json", "a")
         shutil.rmtree(folder)
         folder.write_text("a file where the folder was: every write fails")
         with caplog.at_level(logging.ERROR):
-            await control.set_state(ModelRef(name="other", version="4"), VersionState(state="failed", error="x"))
-        assert (await control.snapshot()).state_of(ModelRef(name="other", version="4")).state == "failed"
+            await plane_.set_state(ModelRef(name="other", version="4"), VersionState(state="failed", error="x"))
+        assert (await plane_.snapshot()).state_of(ModelRef(name="other", version="4")).state == "failed"
         assert "saving the control plane's state" in caplog.text
+        folder.unlink()
+        folder.mkdir()  # the store is back; nothing else changes
+        await asyncio.sleep(1.0)
+        saved = ControlStore(str(folder / "state.json")).load()
+        assert saved is not None and saved.state().states[ModelRef(name="other", version="4")].state == "failed"
 
     asyncio.run(scenario())

@@ -21,7 +21,7 @@ from pipeline.serving.control_store import VersionState
 from pipeline.serving.gateway_state import GatewayState
 from pipeline.serving.http_body import BodyReader
 from pipeline.serving.metrics import GatewayMetrics
-from pipeline.serving.routing import RoutingPolicy, check_fits_cache
+from pipeline.serving.routing import RoutingPolicy
 
 
 class AdminRoutes(GatewayState):
@@ -118,17 +118,11 @@ class AdminRoutes(GatewayState):
             raise HttpError(400, f"bad routing policy: {exc}") from None
         if missing := self._missing_versions(name, policy):
             raise HttpError(404, f"routing names versions {missing} that {name!r} does not have")
-        # As the deploy does: versions a replica cannot hold at once would evict one another. Routing left for a
-        # model since removed from the repository holds no slot.
+        # As the deploy does, the control plane refuses versions a replica could not hold at once (they would evict
+        # one another); routing left for a model since removed from the repository holds no slot.
         present = {*self._repository.names(), name}  # this one was just found (a listing reused for 1 s may lack it)
-        await self._view.refresh(force=True)  # the whole routing as it is now, not as this replica last heard it
-        routing = {n: p for n, p in {**self._snapshot.routing, name: policy}.items() if n in present}
         try:
-            check_fits_cache(routing, self._config.max_cached_versions)
-        except ConfigError as exc:
-            raise HttpError(409, str(exc)) from None
-        try:
-            await self._control.set_routing.remote(name, policy)
+            await self._control.set_routing.remote(name, policy, self._config.max_cached_versions, present)
         except ConfigError as exc:
             raise HttpError(409, _refusal(exc)) from None
         await self._view.refresh(force=True)

@@ -20,6 +20,7 @@ from common.errors import ConfigError, StreamScoreError
 from pipeline.models.repository import ModelRepository
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import ControlPlane
+from pipeline.serving.control_store import check_deployable
 from pipeline.serving.gateway import Gateway
 from pipeline.serving.grpc_v2 import SERVICER
 from pipeline.serving.metrics import MetricsHub
@@ -48,6 +49,8 @@ def build_app(config: ServeConfig) -> Any:
     }
     routing = routing_with_defaults_pinned(config)
     check_fits_cache(routing, config.max_cached_versions)  # shadow and stable versions count
+    if config.control_state_uri:  # the guard's halts outlive deploys: refused here what they would leave unserved
+        check_deployable(routing, config.control_state_uri)
     warm = scored_versions(routing)
     # One id per deploy: a control plane that Serve restarts gets the same and restores all it had saved.
     control = ControlPlane.bind(routing, config.control_state_uri, uuid.uuid4().hex)  # type: ignore[attr-defined]

@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 
 from pipeline.models.ref import ModelRef
 from pipeline.serving.control import ControlSnapshot
@@ -127,5 +128,5 @@ class CanaryTraffic:
             sent, self.counts = self.counts, TrafficCounts()
             try:
                 await self.control.report.remote(sent)
-            except RayError as exc:  # the control plane is being replaced: these counts go with it
+            except (RayError, RayServeException) as exc:  # the control plane is being replaced: these counts go
                 logger.warning("could not report traffic to the control plane: %s", exc)

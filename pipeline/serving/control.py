@@ -24,13 +24,14 @@ from typing import Any
 
 from ray import serve
 from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
 
 from common.errors import ConfigError
 from pipeline.models.ref import ModelRef
 from pipeline.serving import guard
 from pipeline.serving.control_store import ControlState, ControlStore, SavedControl, VersionState, restore
 from pipeline.serving.guard import GuardEvent
-from pipeline.serving.routing import RoutingPolicy
+from pipeline.serving.routing import RoutingPolicy, check_fits_cache
 from pipeline.serving.traffic import TrafficCounts, TrafficWindow
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 # notices that its call was lost (the control plane replaced) and makes another.
 WATCH_TIMEOUT_S = 10.0
 STALE_READ_WAIT_S = 1.0
+SAVE_RETRY_S = 5.0
 
 
 READY = VersionState()
@@ -71,7 +73,11 @@ class ControlSnapshot(ControlState):
 
 
 # Every gateway replica keeps one ``changed_since`` call waiting here: room for that many, and admin calls.
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000)
+# Checked every 2 s (Serve's default: 10) so that a dead control plane is replaced within seconds: until then no
+# guard reviews and no admin call lands (the health check is a no-op call).
+@serve.deployment(
+    num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=10_000, health_check_period_s=2
+)
 class ControlPlane:
     # Methods are coroutines so that they all run on the replica's event loop, where the event lives.
     def __init__(
@@ -82,16 +88,20 @@ class ControlPlane:
         (``control_store``'s rules; ``deploy_id`` tells the two apart)."""
         self._store = ControlStore(state_uri) if state_uri else None
         self._deploy_id = deploy_id or uuid.uuid4().hex
+        # A store that cannot be read fails this replica (Serve starts it again): starting from the config instead
+        # could route to a version rolled back before. One that cannot be written is logged, and written at the
+        # next change (unwritten, a restart would take the deploy as new: its config's routing, the halts kept).
         saved = self._store.load() if self._store is not None else None
         state = restore(routing, self._deploy_id, saved, time.time())
         self._snapshot = ControlSnapshot(epoch=uuid.uuid4().hex, **dict(state))
-        if self._store is not None:  # a store that cannot be written fails the deploy, not a later rollback
-            self._store.save(SavedControl.of(state, self._deploy_id))
-            logger.info("control plane state in %s (%s)", state_uri, "restored" if saved else "new")
-        self._saved_revision = 0
+        self._saved_revision = -1
         self._saving = asyncio.Lock()
+        self._retrying: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # set, then replaced, at each change
         self._traffic = TrafficWindow()
+        if self._store is not None:
+            logger.info("control plane state in %s (%s)", state_uri, "restored" if saved else "new")
+            self._write(self._snapshot)
 
     async def snapshot(self) -> ControlSnapshot:
         return self._snapshot
@@ -107,7 +117,20 @@ class ControlPlane:
     async def set_state(self, ref: ModelRef, state: VersionState) -> int:
         return await self._update(states={**self._snapshot.states, ref: state})
 
-    async def set_routing(self, name: str, policy: RoutingPolicy) -> int:
+    async def set_routing(
+        self,
+        name: str,
+        policy: RoutingPolicy,
+        max_cached_versions: int | None = None,
+        present: set[str] | None = None,
+    ) -> int:
+        """Refused where it names a version that cannot take traffic or was halted, or (with
+        ``max_cached_versions``) where a replica would score more versions than it holds, counting the
+        models in ``present`` (those still in the repository). Checked here, where changes are taken one at a
+        time, so that two admin calls through two gateways cannot pass it together."""
+        if max_cached_versions is not None:
+            routing = {**self._snapshot.routing, name: policy}
+            check_fits_cache({n: p for n, p in routing.items() if present is None or n in present}, max_cached_versions)
         named = policy.versions() | ({policy.shadow.version} if policy.shadow else set())
         blocked = {
             v: s.state
@@ -195,31 +218,43 @@ class ControlPlane:
         return await self._update(states={**self._snapshot.states, ref: VersionState(state="retired")})
 
     async def _update(self, **changes: object) -> int:
-        """Take the change, wake every waiting ``changed_since``, and save the state before answering."""
+        """Take the change, save it, then wake every waiting ``changed_since``: a decision gateways act on is one
+        a restarted control plane still knows (unless the save failed: then it holds in memory, and is tried
+        again)."""
         self._snapshot = self._snapshot.model_copy(update={**changes, "revision": self._snapshot.revision + 1})
+        revision = self._snapshot.revision
+        await asyncio.shield(self._save())  # a caller given up does not stop a write half done
         self._changed.set()
         self._changed = asyncio.Event()
-        revision = self._snapshot.revision
-        await self._save()
         return revision
 
     async def _save(self) -> None:
-        """Write the newest state unless a later call already did. A failed write is logged and tried again at
-        the next change: the decision holds in memory meanwhile (gateways follow it), it only would not outlive
-        this replica."""
+        """Write the newest state unless a later call already did; one write at a time, so an older revision
+        never lands after a newer one. Should it fail, again every ``SAVE_RETRY_S``: a decision made while the
+        store is out is written once it is back, even if nothing else changes."""
         if self._store is None:
             return
         async with self._saving:
             snapshot = self._snapshot
-            if snapshot.revision <= self._saved_revision:
+            if snapshot.revision <= self._saved_revision or await asyncio.to_thread(self._write, snapshot):
                 return
-            saved = SavedControl.of(snapshot.decided(), self._deploy_id)
-            try:
-                await asyncio.to_thread(self._store.save, saved)
-            except Exception:  # noqa: BLE001 - any store error (network, permissions) must not undo the decision
-                logger.exception("saving the control plane's state to %s failed", self._store.uri)
-                return
-            self._saved_revision = snapshot.revision
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.get_running_loop().create_task(self._save_later())
+
+    async def _save_later(self) -> None:
+        await asyncio.sleep(SAVE_RETRY_S)
+        await self._save()
+
+    def _write(self, snapshot: ControlSnapshot) -> bool:
+        """Save ``snapshot``; whether it was saved (a failure is logged)."""
+        assert self._store is not None
+        try:
+            self._store.save(SavedControl.of(snapshot.decided(), self._deploy_id))
+        except Exception:  # noqa: BLE001 - any store error (network, permissions) must not undo the decision
+            logger.exception("saving the control plane's state to %s failed", self._store.uri)
+            return False
+        self._saved_revision = max(self._saved_revision, snapshot.revision)
+        return True
 
 
 def _when(at: float) -> str:
@@ -234,35 +269,42 @@ class ControlView:
         self.snapshot = ControlSnapshot(routing=dict(routing))
         self._answered_at = 0.0  # when the control plane last answered
         self._fetch: asyncio.Future[None] | None = None  # the one read in flight, shared by requests
-        self._fetch_since = 0.0
+        self._stale_since: float | None = None  # requests began waiting for a quiet control plane
         self._follower: asyncio.Task[None] | None = None
 
     async def refresh(self, force: bool = False) -> None:
         """Make sure ``snapshot`` is current. The waiting call (started here, on the replica's loop) keeps it
         so; it is read afresh with ``force`` (after this replica's own admin calls), at the first request, and
         should the waiting call have gone quiet (requests that find it so share one read). A control plane
-        being replaced holds requests up at most ``STALE_READ_WAIT_S`` in all: they are routed as before (only a
-        replica's first request, which has nothing else to go by, waits for the answer)."""
-        if self._follower is None:
+        being replaced holds requests up at most ``STALE_READ_WAIT_S`` in all, however many reads fail: they
+        are routed as before (only a replica's first request, which has nothing else to go by, waits for the
+        answer)."""
+        if self._follower is None or self._follower.done():
             self._follower = asyncio.get_running_loop().create_task(self._follow())
         if force:
             await self._read()
         elif time.monotonic() - self._answered_at > WATCH_TIMEOUT_S + 5:
             if self._fetch is None or self._fetch.done():
-                self._fetch, self._fetch_since = asyncio.ensure_future(self._read()), time.monotonic()
+                self._fetch = asyncio.ensure_future(self._read())
+                self._fetch.add_done_callback(_retrieved)
             first = self._answered_at == 0.0
-            left = max(
-                0.0, STALE_READ_WAIT_S - (time.monotonic() - self._fetch_since)
-            )  # the read's, not each request's
+            now = time.monotonic()
+            self._stale_since = self._stale_since or now
+            left = max(0.0, STALE_READ_WAIT_S - (now - self._stale_since))
             try:  # shielded: a request given up does not cancel the others' read
                 await asyncio.wait_for(asyncio.shield(self._fetch), None if first else left)
-            except (TimeoutError, RayError):
+            except (TimeoutError, RayError, RayServeException):
                 if first:
                     raise
 
     async def _read(self) -> None:
-        self.snapshot = await self._control.snapshot.remote()
-        self._answered_at = time.monotonic()
+        answer: ControlSnapshot = await self._control.snapshot.remote()
+        self._take(answer)
+
+    def _take(self, answer: ControlSnapshot) -> None:
+        if answer.is_newer_than(self.snapshot):  # a read that took longer may bring an older one
+            self.snapshot = answer
+        self._answered_at, self._stale_since = time.monotonic(), None
 
     async def _follow(self) -> None:
         """Take each change of the control plane as it happens."""
@@ -270,10 +312,15 @@ class ControlView:
             held = self.snapshot
             try:
                 answer: ControlSnapshot = await self._control.changed_since.remote(held.epoch, held.revision)
-            except RayError as exc:  # the control plane is being replaced: ask the new one shortly
+            except (RayError, RayServeException) as exc:  # being replaced: ask the new one shortly
                 logger.warning("waiting on the control plane failed: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            if answer.is_newer_than(self.snapshot):  # an admin call's own read may have got here first
-                self.snapshot = answer
-            self._answered_at = time.monotonic()
+            self._take(answer)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Take a shared read's error, which every request may have stopped waiting for (else asyncio logs it as
+    never retrieved)."""
+    if not future.cancelled():
+        future.exception()

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.atomic_write import replace_file
+from common.errors import ConfigError, StreamScoreError
 from common.filesystems import resolve
 from pipeline.models.ref import ModelRef
 from pipeline.serving import guard
@@ -104,10 +106,12 @@ class ControlStore:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._fs, self._path = resolve(uri)
+        self._folder_made = False
 
     def load(self) -> SavedControl | None:
-        """The saved state; None where there is none yet, or it cannot be read as one (logged: the app starts
-        from its config rather than not at all). Errors reaching the store itself are raised."""
+        """The saved state; None where there is none yet. A file that cannot be read as one (damaged, or written
+        by another StreamScore) is moved aside, logged, and None returned: the app starts from its config rather
+        than not at all, and the file stays for a person to look at. Errors reaching the store are raised."""
         try:
             with self._fs.open_input_stream(self._path) as stream:
                 text = stream.read().decode("utf-8", errors="replace")
@@ -115,14 +119,17 @@ class ControlStore:
             return None
         try:
             return SavedControl.model_validate(json.loads(text))
-        except (ValidationError, json.JSONDecodeError) as exc:
-            logger.error("the control plane's state in %s is unreadable, starting from the config: %s", self.uri, exc)
+        except (ValueError, StreamScoreError) as exc:  # pydantic's and json's errors are ValueErrors; ids: ours
+            aside = f"{self._path}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
+            self._fs.move(self._path, aside)
+            logger.error("the control plane's state in %s is unreadable (kept as %s); starting from the config: %s",
+                         self.uri, aside, exc)  # fmt: skip
             return None
 
     def save(self, saved: SavedControl) -> None:
-        parent = self._path.rsplit("/", 1)[0]
-        if parent:
-            self._fs.create_dir(parent, recursive=True)
+        if not self._folder_made:
+            self._fs.create_dir(posixpath.dirname(self._path), recursive=True)
+            self._folder_made = True
         replace_file(self._fs, self._path, (saved.model_dump_json(indent=1) + "\n").encode("utf-8"))
 
 
@@ -134,17 +141,42 @@ def restore(deployed: dict[str, RoutingPolicy], deploy_id: str, saved: SavedCont
     routing: dict[str, RoutingPolicy] = {}
     guards: dict[str, GuardStatus] = {}
     for name, policy in deployed.items():
-        for ref, event in halted.items():
-            if ref.name == name and ref.version in policy.canaries():
-                logger.warning(
-                    "the config routes to version %s of %s, which its guard rolled back (%s); its traffic goes to"
-                    " the stable version until: streamscore admin release %s %s",
-                    ref.version, name, event.reason, name, ref.version,
-                )  # fmt: skip
-                policy = policy.without(str(ref.version))
+        policy = without_halted(name, policy, halted)
         if policy.guard is not None:
             policy, guards[name] = guard.start(policy, now)
         routing[name] = policy
     return ControlState(
         routing=routing, guards=guards, halted=halted, rollbacks=saved.state().rollbacks if saved else {}
     )
+
+
+def without_halted(name: str, policy: RoutingPolicy, halted: dict[ModelRef, GuardEvent]) -> RoutingPolicy:
+    """``policy`` with the traffic of its halted versions sent to its stable version (logged); a ConfigError
+    where a halted version is that stable version, or there is none to send it to: only a release lifts a
+    halt, and a deploy that cannot keep to that is refused (``check_deployable`` says so before it starts)."""
+    stopped = sorted(v for v in policy.versions() if ModelRef(name=name, version=v) in halted)
+    if not stopped:
+        return policy
+    stable = policy.stable_version()
+    if stable is None or stable in stopped:
+        raise ConfigError(
+            f"the routing of {name!r} sends traffic to version(s) {', '.join(stopped)}, rolled back by its guard"
+            f" ({halted[ModelRef(name=name, version=stopped[0])].reason}), with no other stable version to send it"
+            f" to. Release it first (streamscore admin release {name} {stopped[0]}) or route {name!r} elsewhere"
+        )
+    for version in stopped:
+        logger.warning(
+            "the config routes to version %s of %s, which its guard rolled back; its traffic goes to version %s"
+            " until: streamscore admin release %s %s", version, name, stable, name, version,
+        )  # fmt: skip
+        policy = policy.without(version)
+    return policy
+
+
+def check_deployable(deployed: dict[str, RoutingPolicy], uri: str) -> None:
+    """Refuse, before anything is deployed, routing that the saved halts would leave without a version to
+    answer; and a state file that cannot be reached fails here rather than in the control plane's replica."""
+    saved = ControlStore(uri).load()
+    halted = saved.state().halted if saved is not None else {}
+    for name, policy in deployed.items():
+        without_halted(name, policy, halted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,13 +34,16 @@ class Routes:
 
     async def answer(self, request: Request) -> Response:
         """The route's answer; a request refused (``HttpError``, or Starlette's own refusals) gets its status
-        and ``{"error": ...}``."""
+        and ``{"error": ...}``, and one that found a deployment of the app unavailable 503 and ``Retry-After``."""
         try:
             return await self.endpoint_for(request)(request)
         except HttpError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
         except StarletteHTTPException as exc:
             return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        except RayServeException as exc:  # a deployment of the app (the control plane) being replaced: passing
+            message = f"the app is replacing one of its parts; try again shortly ({type(exc).__name__})"
+            return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "1"})
 
     def endpoint_for(self, request: Request) -> Endpoint:
         """The endpoint for ``request``, its path parameters put in ``request.path_params``. 404 for a path no
