@@ -153,3 +153,22 @@ def test_a_store_that_fails_keeps_the_decision_in_memory_and_saves_it_once_back(
         assert saved is not None and saved.state().states[ModelRef(name="other", version="4")].state == "failed"
 
     asyncio.run(scenario())
+
+
+def test_the_control_plane_of_an_earlier_deploy_never_writes_over_a_later_ones_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        state = tmp_path / "state.json"
+        old = plane(state, "a")
+        new = plane(state, "b")  # the redeploy's, started while the old one still answers
+        with caplog.at_level(logging.WARNING):
+            await old.set_routing("other", RoutingPolicy(weights={"3": 50, "4": 50}))
+        assert "a later deploy (b)" in caplog.text
+        saved = ControlStore(str(state)).load()
+        assert saved is not None and saved.deploy_id == "b" and saved.routing["other"] == DEPLOYED["other"]
+        await new.set_routing("other", RoutingPolicy(weights={"3": 90, "4": 10}))
+        saved = ControlStore(str(state)).load()
+        assert saved is not None and saved.routing["other"].weights == {"3": 90.0, "4": 10.0}
+
+    asyncio.run(scenario())

@@ -11,7 +11,6 @@ plane (routing, version states) and the metrics hub. Graphs are built from the s
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from ray import serve
@@ -20,7 +19,7 @@ from common.errors import ConfigError, StreamScoreError
 from pipeline.models.repository import ModelRepository
 from pipeline.serving.config import ServeConfig
 from pipeline.serving.control import ControlPlane
-from pipeline.serving.control_store import check_deployable
+from pipeline.serving.control_store import check_deployable, new_deploy_id
 from pipeline.serving.gateway import Gateway
 from pipeline.serving.grpc_v2 import SERVICER
 from pipeline.serving.metrics import MetricsHub
@@ -53,7 +52,7 @@ def build_app(config: ServeConfig) -> Any:
         check_deployable(routing, config.control_state_uri)
     warm = scored_versions(routing)
     # One id per deploy: a control plane that Serve restarts gets the same and restores all it had saved.
-    control = ControlPlane.bind(routing, config.control_state_uri, uuid.uuid4().hex)  # type: ignore[attr-defined]
+    control = ControlPlane.bind(routing, config.control_state_uri, new_deploy_id())  # type: ignore[attr-defined]
     hub = MetricsHub.bind()  # type: ignore[attr-defined]
     logging = {"logging_config": {"enable_access_log": config.access_log}}
     gateway = Gateway.options(**limits, **logging, **scaling(config.preprocess_autoscaling, config.replicas))  # type: ignore[attr-defined]

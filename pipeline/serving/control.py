@@ -29,7 +29,14 @@ from ray.serve.exceptions import RayServeException
 from common.errors import ConfigError
 from pipeline.models.ref import ModelRef
 from pipeline.serving import guard
-from pipeline.serving.control_store import ControlState, ControlStore, SavedControl, VersionState, restore
+from pipeline.serving.control_store import (
+    ControlState,
+    ControlStore,
+    SavedControl,
+    VersionState,
+    new_deploy_id,
+    restore,
+)
 from pipeline.serving.guard import GuardEvent
 from pipeline.serving.routing import RoutingPolicy, check_fits_cache
 from pipeline.serving.traffic import TrafficCounts, TrafficWindow
@@ -87,7 +94,7 @@ class ControlPlane:
         and restored from it when Serve restarts this replica, or the app is deployed again
         (``control_store``'s rules; ``deploy_id`` tells the two apart)."""
         self._store = ControlStore(state_uri) if state_uri else None
-        self._deploy_id = deploy_id or uuid.uuid4().hex
+        self._deploy_id = deploy_id or new_deploy_id()
         # A store that cannot be read fails this replica (Serve starts it again): starting from the config instead
         # could route to a version rolled back before. One that cannot be written is logged, and written at the
         # next change (unwritten, a restart would take the deploy as new: its config's routing, the halts kept).
@@ -249,6 +256,9 @@ class ControlPlane:
         """Save ``snapshot``; whether it was saved (a failure is logged)."""
         assert self._store is not None
         try:
+            if (newer := self._store.newer_deploy(self._deploy_id)) is not None:
+                logger.warning("not saving: a later deploy (%s) keeps its state in %s", newer, self._store.uri)
+                return True  # nothing to try again
             self._store.save(SavedControl.of(snapshot.decided(), self._deploy_id))
         except Exception:  # noqa: BLE001 - any store error (network, permissions) must not undo the decision
             logger.exception("saving the control plane's state to %s failed", self._store.uri)

@@ -15,7 +15,8 @@ Two rules decide what a new replica takes from the file:
 
 The file is JSON, replaced atomically after each change (``common.atomic_write``), on any filesystem pyarrow
 or fsspec reads (a local path, ``s3://``, ``gs://``...). One file per app: two apps sharing one would take each
-other's halts for their own.
+other's halts for their own. During a redeploy the old control plane may decide for a moment longer; it never
+writes over the state of a later deploy (``ControlStore.newer_deploy``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import logging
 import posixpath
 import time
+import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,7 +72,7 @@ class SavedControl(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: Literal[1] = 1
-    deploy_id: str  # the deploy that wrote it (``build_app`` makes one per deploy)
+    deploy_id: str  # the deploy that wrote it (``new_deploy_id``): later deploys sort after earlier ones
     saved_at: float
     routing: dict[str, RoutingPolicy]
     states: list[tuple[ModelRef, VersionState]]
@@ -126,11 +128,27 @@ class ControlStore:
                          self.uri, aside, exc)  # fmt: skip
             return None
 
+    def newer_deploy(self, deploy_id: str) -> str | None:
+        """The deploy that saved the file, where it is a later one than ``deploy_id``: the file is then that
+        deploy's. (During a redeploy the old control plane may still decide for a moment; it must not write
+        over the new one's state.) A file that cannot be read names none."""
+        try:
+            with self._fs.open_input_stream(self._path) as stream:
+                other = json.loads(stream.read()).get("deploy_id")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+        return other if isinstance(other, str) and other > deploy_id else None
+
     def save(self, saved: SavedControl) -> None:
         if not self._folder_made:
             self._fs.create_dir(posixpath.dirname(self._path), recursive=True)
             self._folder_made = True
         replace_file(self._fs, self._path, (saved.model_dump_json(indent=1) + "\n").encode("utf-8"))
+
+
+def new_deploy_id() -> str:
+    """An id for one deploy of the app; ids of later deploys sort after those of earlier ones."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
 def restore(deployed: dict[str, RoutingPolicy], deploy_id: str, saved: SavedControl | None, now: float) -> ControlState:

@@ -1,8 +1,8 @@
 """The gateway's health and metadata routes (V2): liveness, readiness of the app and of each model version, and
 model metadata, over HTTP here and over gRPC through ``grpc_v2.py``.
 
-Readiness is about what the routing sends traffic to: the app is ready when every routed version is loaded in
-this replica (both halves) and may take traffic; asking starts the loads of what is missing.
+Readiness is about what the routing scores: the app is ready when every version it routes to, shadows or falls
+back to is loaded in this replica (both halves) and may take traffic; asking starts the loads of what is missing.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class HealthRoutes(GatewayState):
 
     async def _model_readiness(self, name: str, version: str | None) -> dict[str, Any]:
         """A version is ready when loaded here and it neither failed its check nor was retired (Triton's
-        meaning); a model, when every version its routing sends traffic to is."""
+        meaning); a model, when every version its routing scores (routed, shadow, stable) is."""
         await self._view.refresh()
         if version is None:
             self._resolve(name, None)  # 404 for a model that is not there
