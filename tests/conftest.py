@@ -135,7 +135,7 @@ def server(
         scorer_cpus=0.25,
         routing=ROUTING,
         admin_token=ADMIN_TOKEN,
-        max_cached_versions=6,  # the routing's 4 versions, and a guarded model's stable version and canary
+        max_cached_versions=7,  # the routing's 4 versions, and a guarded model's stable, canary and shadow
         control_state_uri=str(tmp_path_factory.mktemp(f"control-{topology}") / "state.json"),
         preprocess_autoscaling={"min_replicas": 2, "max_replicas": 2, "target_ongoing_requests": 8},
     )

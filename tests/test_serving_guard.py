@@ -131,10 +131,10 @@ def test_bad_canaries_are_rolled_back_and_a_good_one_promoted_with_no_failed_req
     images = [path.read_bytes() for path, _ in digit_files[:60]]
     routing = f"/admin/models/{guarded_model}/routing"
     wait_for(lambda: request_json(f"{server}/predict/{guarded_model}", images[0])[0] == 200, 30, 0.2)
-    # Routing that would have a replica score more versions than it holds at once is refused, as at deploy (4
-    # here and at least one version of each of the 3 other models: 7, over the session app's 6).
-    status, refused = _admin(server, "PUT", routing, {"weights": {"1": 40, "2": 20, "3": 20, "5": 20}})
-    assert status == 409 and "max_cached_versions=6" in refused["error"], refused
+    # Routing that would have a replica score more versions than it holds at once is refused, as at deploy (5
+    # here and at least one version of each of the 3 other models: 8, over the session app's 7).
+    status, refused = _admin(server, "PUT", routing, {"weights": {"1": 40, "2": 15, "3": 15, "4": 15, "5": 15}})
+    assert status == 409 and "max_cached_versions=7" in refused["error"], refused
     report = {}
     with Load(server, grpc_target, guarded_model, images) as load:
         for canary, why in (("2", "agreement"), ("3", "error rate"), ("4", "p99")):
@@ -257,3 +257,16 @@ def test_a_shadow_version_is_compared_and_never_answers(  # type: ignore[no-unty
         f'streamscore_shadow_requests_total{{model="{guarded_model}",outcome="compared",shadow_version="2",version="1"}}'
         in text
     )
+
+    # Beside a guarded canary, the shadow samples the canary's requests too (each is also compared with the
+    # stable version, for the guard). The guard waits for more requests than are sent: it decides nothing here.
+    policy = {"weights": {"1": 60, "5": 40}, "guard": GUARD | {"min_requests": 10_000}, "shadow": {"version": "2"}}
+    assert _admin(server, "PUT", routing, policy)[0] == 200
+    for image in images:
+        assert request_json(f"{server}/predict/{guarded_model}", image)[0] == 200
+
+    def pairs() -> dict:
+        return _admin(server, "GET", routing)[1]["traffic"]["total"]["shadow"]
+
+    wait_for(lambda: {"5 vs 1", "5 vs 2"} <= set(pairs()), 30, 0.2)
+    assert pairs()["5 vs 1"]["agreement"] == 1.0, pairs()  # version 5 is a copy of 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,10 @@ from pipeline.graph import graph_for_model
 from pipeline.models.ref import ModelRef
 from pipeline.models.repository import ModelRepository
 from pipeline.options import ScoringOptions
+from pipeline.serving.canary import plan
+from pipeline.serving.control import ControlSnapshot
+from pipeline.serving.control_store import VersionState
+from pipeline.serving.routing import RoutingPolicy
 from pipeline.serving.shadow import ShadowQueue, ShadowWork, compare
 from pipeline.serving.traffic import PairCounts
 from tests.conftest import MODELS_DIR
@@ -95,3 +100,22 @@ def test_the_queue_drops_what_does_not_fit_and_counts_failures() -> None:
     assert offered == [True, True, False, False, True]
     assert sum(o.dropped for o in recorded) == 2
     assert sum(o.compared for o in recorded) == 2 and sum(o.errors for o in recorded) == 1
+
+
+def test_a_canary_request_is_compared_with_the_stable_version_and_sampled_by_the_policys_shadow() -> None:
+    def ref(version: str) -> ModelRef:
+        return ModelRef(name="m", version=version)
+
+    policy = RoutingPolicy.model_validate(
+        {"weights": {"1": 90, "2": 10}, "guard": {"min_agreement": 0.9}, "shadow": {"version": "3", "fraction": 1}}
+    )
+    snapshot = ControlSnapshot(routing={"m": policy})
+    rng = random.Random(0)
+    canary = plan(snapshot, ref("2"), True, rng)
+    assert canary.fallback == ref("1") and canary.shadows == (ref("1"), ref("3")) and canary.counted
+    stable = plan(snapshot, ref("1"), True, rng)
+    assert stable.fallback is None and stable.shadows == (ref("3"),)
+    # A shadow that failed its check is not scored; a request that named its version is not the policy's.
+    failed = snapshot.model_copy(update={"states": {ref("3"): VersionState(state="failed", error="x")}})
+    assert plan(failed, ref("2"), True, rng).shadows == (ref("1"),)
+    assert plan(snapshot, ref("2"), False, rng).shadows == ()

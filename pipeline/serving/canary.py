@@ -4,8 +4,8 @@ shadow, and the counts it reports to the control plane (which runs the guards: `
 A request the routing sent to a guarded canary carries the stable version as its ``fallback``: should the
 canary fail it (any refusal or error the stable version does not also give), the stable version answers, the
 client never sees the failure, and the canary is charged an error. The stable version is also scored in the
-shadow on canary requests, for the guard's agreement. A policy's own ``shadow`` samples its requests the same
-way. Counting is for models with a guard or a shadow only; everything else pays nothing.
+shadow on canary requests, for the guard's agreement. A policy's own ``shadow`` samples its requests (canary
+requests too) the same way. Counting is for models with a guard or a shadow only; everything else pays nothing.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Routed:
-    """Where one request goes: ``ref``, else ``fallback``; ``shadow`` scored too. ``answered`` and
+    """Where one request goes: ``ref``, else ``fallback``; ``shadows`` scored too. ``answered`` and
     ``failed_over`` are filled in as it is scored."""
 
     ref: ModelRef
     fallback: ModelRef | None = None
-    shadow: ModelRef | None = None
+    shadows: tuple[ModelRef, ...] = ()
     counted: bool = False  # routed by a guarded or shadowed policy: its outcome is reported
     answered: ModelRef | None = None
     failed_over: bool = False
@@ -64,15 +64,19 @@ def plan(snapshot: ControlSnapshot, ref: ModelRef, chosen_by_policy: bool, rng: 
             return None
         return other
 
+    shadows: list[ModelRef] = []
+    fallback = None
     stable = policy.stable_version() if policy.guard is not None else None
     if stable is not None and ref.version != stable and ref.version in policy.canaries():
-        stable_ref = usable(stable, halted_too=False)  # answers clients: never a rolled-back version
-        return Routed(ref, fallback=stable_ref, shadow=stable_ref, counted=True)
+        fallback = usable(stable, halted_too=False)  # answers clients: never a rolled-back version
+        shadows += [fallback] if fallback is not None else []
     shadow = policy.shadow
-    if shadow is not None and shadow.version != ref.version and rng.random() < shadow.fraction:
-        # A rolled-back canary may be watched in the shadow (it answers no one there).
-        return Routed(ref, shadow=usable(shadow.version, halted_too=True), counted=True)
-    return Routed(ref, counted=True)
+    sampled = shadow is not None and shadow.version != ref.version and rng.random() < shadow.fraction
+    # A rolled-back canary may be watched in the shadow (it answers no one there).
+    watched = usable(shadow.version, halted_too=True) if shadow is not None and sampled else None
+    if watched is not None and watched not in shadows:
+        shadows.append(watched)
+    return Routed(ref, fallback=fallback, shadows=tuple(shadows), counted=True)
 
 
 @dataclass
@@ -103,8 +107,12 @@ class CanaryTraffic:
             self.counts.version(routed.ref.name, str(routed.ref.version)).observe(own_s * 1e3, failed)
         if routed.failed_over and routed.fallback is not None:  # no answer of its own: it agreed with nothing
             self._record(ShadowWork(routed.ref, routed.fallback, [], pa.table({})), PairCounts(compared=1))
-        shadow, served = routed.shadow, routed.served
-        if shadow is not None and shadow != served and status < 400 and routed.table is not None:
+        served = routed.served
+        if status >= 400 or routed.table is None:
+            return
+        for shadow in routed.shadows:
+            if shadow == served:  # failed over to it: its answer is the client's
+                continue
             if self._shadows is None:
                 self._shadows = ShadowQueue(
                     self.score, self._record, self.max_shadow_requests, self.max_shadow_bytes, self.shadow_timeout_s
