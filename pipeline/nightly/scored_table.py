@@ -5,7 +5,8 @@ its run ``v`` commits twice, each commit carrying a transaction version for that
 
 - ``2v - 1``, the **claim**: no rows, only the transaction and, in the commit's metadata, the digest of the
   run's frozen input set and who claimed it. Two runs that start at once both try it from the same table
-  version; Delta lets one commit, and the other gets a conflict (``RunTakenError``).
+  version; Delta lets one commit, and the other gets a conflict (``RunTakenError``). A new table is first made
+  by an empty commit of its own, so that even the first claims have a version to conflict on.
 - ``2v``, the **rows**: every row of the run, in one commit. A reader sees the table before it or after it.
   A run that was committed can never be committed again: the transaction version says so before the commit
   is tried, and Delta's conflict check refuses a second commit for the same id made at the same time.
@@ -16,6 +17,7 @@ So the job's transaction version alone tells where it stands: even (``2v``) mean
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from typing import Any, Literal
@@ -117,12 +119,14 @@ class ScoredTable:
 
     def _commit(self, rows: pa.Table, app_id: str, txn_version: int, metadata: dict[str, str]) -> int:
         from deltalake import CommitProperties, Transaction, write_deltalake
-        from deltalake.exceptions import CommitFailedError, DeltaError
+        from deltalake.exceptions import CommitFailedError
 
         # The check and the commit use one snapshot: a run that commits for this job after the snapshot makes
-        # this commit conflict (Delta checks the winner's transactions), rather than pass on a newer one.
-        snapshot = self._load()
-        current = (snapshot.transaction_version(app_id) or 0) if snapshot is not None else 0
+        # this commit conflict (Delta checks the winner's transactions), rather than pass on a newer one. There
+        # must be a table to take one of: two runs creating it at once would both commit (the second create is
+        # retried as a plain append, with nothing read to conflict with), so a new table is made empty first.
+        snapshot = self._load() or self._create()
+        current = snapshot.transaction_version(app_id) or 0
         if current >= txn_version:
             raise RunTakenError(f"job {app_id!r} is already at transaction {current} (this commit: {txn_version})")
         properties = CommitProperties(
@@ -131,29 +135,40 @@ class ScoredTable:
         )
         try:
             write_deltalake(
-                snapshot if snapshot is not None else self.uri,
+                snapshot,
                 rows.cast(self.schema),
                 mode="append",
                 schema_mode=self._schema_mode(snapshot),
                 partition_by=PARTITION_BY,
                 commit_properties=properties,
-                storage_options=self._storage_options if snapshot is None else None,
             )
         except CommitFailedError as exc:
             raise RunTakenError(f"job {app_id!r}: another run committed first ({exc})") from None
-        except DeltaError as exc:  # two first commits of a new table: one creates it, the other finds it made
-            if self.transaction_version(app_id) >= txn_version:
-                raise RunTakenError(f"job {app_id!r}: another run committed first ({exc})") from None
-            raise
         table = self._load()
         assert table is not None
         return int(table.version())
 
-    def _schema_mode(self, snapshot: Any | None) -> Literal["merge"] | None:
+    def _create(self) -> Any:
+        """The table, made with an empty first commit (no transaction) where it does not exist yet; two runs may
+        both make one, which costs an empty commit."""
+        from deltalake import write_deltalake
+        from deltalake.exceptions import DeltaError
+
+        with contextlib.suppress(DeltaError):  # another run made it first
+            write_deltalake(
+                self.uri,
+                self.schema.empty_table(),
+                mode="append",
+                partition_by=PARTITION_BY,
+                storage_options=self._storage_options,
+            )
+        table = self._load()
+        assert table is not None
+        return table
+
+    def _schema_mode(self, snapshot: Any) -> Literal["merge"] | None:
         """ "merge" only to add what an earlier release's table lacks (``error_reason``); any other difference
         (another task's columns, say) must fail the commit, not widen the table."""
-        if snapshot is None:
-            return None
         existing = {field.name for field in snapshot.schema().fields}  # from the log: no file listing
         expected = set(self.schema.names)
         return "merge" if existing < expected and expected - existing == {ERROR_REASON} else None

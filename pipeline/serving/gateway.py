@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 from ray import serve
 from ray.exceptions import RayError
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -194,6 +194,9 @@ class Gateway(AdminRoutes, HealthRoutes, GrpcMethods):
             status = exc.status
             if routed is not None:  # a request refused after routing still names the version it went to
                 exc.headers.setdefault("X-Model-Version", str(routed.served.version))
+            raise
+        except RayServeException:  # a deployment of the app being replaced: ``Routes.answer`` says 503
+            status = 503
             raise
         finally:
             # A name that resolved to no version is not a model: one label for all of them keeps /metrics bounded.
